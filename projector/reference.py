@@ -100,12 +100,47 @@ def _grid_params(origin, direction, t_near, dt, volume_shape, spacing):
     return g0.flip(-1), gk.flip(-1)
 
 
-def _chunks(num_rays: int, max_samples: int, channels: int, element_size: int, max_bytes: int):
-    # Per sample: 3 grid coordinates plus ``channels`` sampled values (and one as many
-    # again for grid_sample's own temporaries).
-    per_ray = max(1, max_samples) * (3 + 2 * channels) * element_size
-    size = max(1, min(num_rays, max_bytes // per_ray))
-    return range(0, num_rays, size), size
+def _ray_batches(n: torch.Tensor, budget: int):
+    """Split rays into batches of similar length: (indices, samples per ray) pairs.
+
+    Rays are sorted by sample count, longest first, and each batch holds at most
+    ``budget`` samples (at least one ray), so no batch marches a short ray as far as a long
+    one and no sample is wasted beyond rounding. Rays that miss the volume are skipped.
+    """
+    order = torch.argsort(n, descending=True, stable=True)
+    counts = n[order].tolist()
+    batches, start, total = [], 0, len(counts)
+    while start < total and counts[start] > 0:
+        m = counts[start]
+        stop = min(total, start + max(1, budget // m))
+        batches.append((order[start:stop], m))
+        start = stop
+    return batches
+
+
+def _samples_per_batch(channels: int, element_size: int, max_bytes: int) -> int:
+    # Per sample: 3 grid coordinates, a weight, and ``channels`` sampled values (and as
+    # many again for grid_sample's own temporaries). Batches of about a million samples
+    # keep the temporaries near the cache and the loop overhead small.
+    per_sample = (4 + 2 * channels) * element_size
+    return max(1, min(2**20, max_bytes // per_sample))
+
+
+def _march(g0, gk, dt, n, m):
+    """Sample points (r, m, 3) and weights (r, m) of a batch of rays with ``m`` samples."""
+    k = torch.arange(m, dtype=g0.dtype, device=g0.device)
+    grid = torch.addcmul(g0[:, None, :], k[None, :, None], gk[:, None, :])
+    weight = dt[:, None] * (k[None, :] < n[:, None])
+    return grid, weight
+
+
+def _flat_rays(views, detector_shape, volume_shape, spacing, step_mm, parallel):
+    """Every ray of every view in one list: grid start and step (V*R, 3), dt and n (V*R)."""
+    origin, direction, t_near, n, dt = ray_setup(
+        views, detector_shape, volume_shape, spacing, step_mm, parallel
+    )
+    g0, gk = _grid_params(origin, direction, t_near, dt, volume_shape, spacing)
+    return g0.reshape(-1, 3), gk.reshape(-1, 3), dt.reshape(-1), n.reshape(-1)
 
 
 def forward_reference(
@@ -119,38 +154,57 @@ def forward_reference(
 ) -> torch.Tensor:
     """Line integrals of ``mu`` (B, X, Y, Z) along every ray: (B, V, H, W).
 
-    Rays are processed in chunks so that temporaries stay under ``max_chunk_bytes``.
-    The computation runs in ``mu``'s dtype if it is float32/float64, else float32.
+    Rays are marched in batches of similar length whose temporaries stay under
+    ``max_chunk_bytes``. Runs in ``mu``'s dtype if float32/float64, else float32.
     """
     work = mu.dtype if mu.dtype in (torch.float32, torch.float64) else torch.float32
     batch, volume_shape = mu.shape[0], tuple(mu.shape[1:])
     views = views.to(device=mu.device, dtype=work)
-    origin, direction, t_near, n, dt = ray_setup(
-        views, detector_shape, volume_shape, spacing, step_mm, parallel
-    )
-    g0, gk = _grid_params(origin, direction, t_near, dt, volume_shape, spacing)
-    volume = mu.to(work)[None]  # (1, B, X, Y, Z): batch as channels, one grid for all
-    num_views, num_rays = n.shape
-    out = torch.zeros(batch, num_views, num_rays, dtype=work, device=mu.device)
-    max_n = int(n.max()) if n.numel() else 0
-    if max_n == 0:
-        return out.view(batch, num_views, *detector_shape)
-    starts, size = _chunks(num_rays, max_n, batch, volume.element_size(), max_chunk_bytes)
-    for v in range(num_views):
-        for start in starts:
-            sl = slice(start, start + size)
-            m = int(n[v, sl].max())
-            if m == 0:
-                continue
-            k = torch.arange(m, dtype=work, device=mu.device)
-            weight = dt[v, sl, None] * (k[None, :] < n[v, sl, None])  # (r, m)
-            grid = torch.addcmul(g0[v, sl, None, :], k[None, :, None], gk[v, sl, None, :])
-            samples = F.grid_sample(
-                volume, grid[None, None], mode="bilinear", padding_mode="zeros",
-                align_corners=True,
-            )  # (1, B, 1, r, m)
-            out[:, v, sl] = (samples[0, :, 0] * weight).sum(-1)
-    return out.view(batch, num_views, *detector_shape)
+    g0, gk, dt, n = _flat_rays(views, detector_shape, volume_shape, spacing, step_mm, parallel)
+    volume = mu.to(work)[None]  # (1, B, X, Y, Z): the batch as channels, one grid for all
+    out = torch.zeros(batch, n.numel(), dtype=work, device=mu.device)
+    budget = _samples_per_batch(batch, volume.element_size(), max_chunk_bytes)
+    # grid_sample parallelises over its batch dimension only: split each ray batch into
+    # one part per thread, with the volume expanded (not copied) to match.
+    parts = max(1, torch.get_num_threads()) if mu.device.type == "cpu" else 1
+    for idx, m in _ray_batches(n, budget):
+        grid, weight = _march(g0[idx], gk[idx], dt[idx], n[idx], m)
+        r = idx.numel()
+        p = parts if r >= 2 * parts else 1
+        pad = (-r) % p
+        if pad:
+            grid = torch.cat([grid, grid[:pad]])
+        samples = F.grid_sample(
+            volume.expand(p, -1, -1, -1, -1), grid.view(p, 1, (r + pad) // p, m, 3),
+            mode="bilinear", padding_mode="zeros", align_corners=True,
+        )  # (p, B, 1, r / p, m)
+        samples = samples.permute(1, 0, 2, 3, 4).reshape(batch, r + pad, m)[:, :r]
+        out[:, idx] = (samples * weight).sum(-1)
+    return out.view(batch, views.shape[0], *detector_shape)
+
+
+def _trilinear_scatter(target, grid, values, volume_shape):
+    """Adjoint of trilinear sampling: add ``values`` (B, S) at normalised points ``grid``
+    (S, 3), in grid_sample's (z, y, x) order, into ``target`` (B, X*Y*Z) with zero
+    padding; the same arithmetic as ``grid_sample(align_corners=True)``."""
+    sizes = volume_shape[::-1]  # (Z, Y, X) to match the grid's axis order
+    strides = (1, volume_shape[2], volume_shape[1] * volume_shape[2])
+    index = []
+    for axis, (size, stride) in enumerate(zip(sizes, strides)):
+        x = (grid[:, axis] + 1) * 0.5 * (size - 1)  # unnormalise, align_corners=True
+        x0 = torch.floor(x)
+        frac = x - x0
+        i0 = x0.to(torch.int64)
+        pair = []
+        for i, w in ((i0, 1 - frac), (i0 + 1, frac)):
+            inside = (i >= 0) & (i < size)
+            pair.append((i.clamp(0, size - 1) * stride, w * inside))
+        index.append(pair)
+    for iz, wz in index[0]:
+        for iy, wy in index[1]:
+            izy, wzy = iz + iy, wz * wy
+            for ix, wx in index[2]:
+                target.index_add_(1, izy + ix, values * (wzy * wx))
 
 
 def backward_reference(
@@ -164,36 +218,20 @@ def backward_reference(
 ) -> torch.Tensor:
     """The exact adjoint of :func:`forward_reference`: (B, V, H, W) -> (B, X, Y, Z).
 
-    Each chunk scatters ``grad * dt`` with the trilinear weights of the very same sample
-    points (grid_sample's own backward), so ``<A x, y> = <x, A^T y>`` to rounding.
+    Each ray scatters ``grad * dt`` with the trilinear weights of the very same sample
+    points, so ``<A x, y> = <x, A^T y>`` to rounding. Deterministic (no atomics).
     """
     work = grad.dtype if grad.dtype in (torch.float32, torch.float64) else torch.float32
     batch, num_views, height, width = grad.shape
     views = views.to(device=grad.device, dtype=work)
-    origin, direction, t_near, n, dt = ray_setup(
-        views, (height, width), volume_shape, spacing, step_mm, parallel
-    )
-    g0, gk = _grid_params(origin, direction, t_near, dt, volume_shape, spacing)
-    grad = grad.to(work).reshape(batch, num_views, height * width)
-    out = torch.zeros(1, batch, *volume_shape, dtype=work, device=grad.device)
-    max_n = int(n.max()) if n.numel() else 0
-    if max_n == 0:
-        return out[0]
+    g0, gk, dt, n = _flat_rays(views, (height, width), volume_shape, spacing, step_mm, parallel)
+    grad = grad.to(work).reshape(batch, -1)
+    out = torch.zeros(batch, math.prod(volume_shape), dtype=work, device=grad.device)
     element = torch.finfo(work).bits // 8
-    starts, size = _chunks(height * width, max_n, batch, element, max_chunk_bytes)
-    for v in range(num_views):
-        for start in starts:
-            sl = slice(start, start + size)
-            m = int(n[v, sl].max())
-            if m == 0:
-                continue
-            k = torch.arange(m, dtype=work, device=grad.device)
-            weight = dt[v, sl, None] * (k[None, :] < n[v, sl, None])  # (r, m)
-            grid = torch.addcmul(g0[v, sl, None, :], k[None, :, None], gk[v, sl, None, :])
-            upstream = (grad[:, v, sl, None] * weight)[None, :, None]  # (1, B, 1, r, m)
-            # aten's grid sampler backward with output_mask=(input, not grid).
-            grad_input, _ = torch.ops.aten.grid_sampler_3d_backward(
-                upstream, out, grid[None, None], 0, 0, True, [True, False]
-            )
-            out += grad_input
-    return out[0]
+    # The scatter holds 8 corner indices and weights per sample: a smaller batch.
+    budget = max(1, _samples_per_batch(batch, element, max_chunk_bytes) // 8)
+    for idx, m in _ray_batches(n, budget):
+        grid, weight = _march(g0[idx], gk[idx], dt[idx], n[idx], m)
+        values = (grad[:, idx, None] * weight).reshape(batch, -1)  # (B, r * m)
+        _trilinear_scatter(out, grid.reshape(-1, 3), values, volume_shape)
+    return out.view(batch, *volume_shape)
