@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -100,19 +101,23 @@ def _grid_params(origin, direction, t_near, dt, volume_shape, spacing):
     return g0.flip(-1), gk.flip(-1)
 
 
-def _ray_batches(n: torch.Tensor, budget: int):
+def _ray_batches(n: torch.Tensor, budget: int, waste: float = 0.2, least: int = 2**16):
     """Split rays into batches of similar length: (indices, samples per ray) pairs.
 
-    Rays are sorted by sample count, longest first, and each batch holds at most
-    ``budget`` samples (at least one ray), so no batch marches a short ray as far as a long
-    one and no sample is wasted beyond rounding. Rays that miss the volume are skipped.
+    Rays are sorted by sample count, longest first; a batch holds at most ``budget``
+    samples (at least one ray) and, once it holds ``least`` samples, only rays within
+    ``waste`` of its longest, so short rays are not marched as far as long ones while
+    batches stay large enough to amortise each call. Rays that miss the volume are skipped.
     """
     order = torch.argsort(n, descending=True, stable=True)
-    counts = n[order].tolist()
-    batches, start, total = [], 0, len(counts)
-    while start < total and counts[start] > 0:
-        m = counts[start]
-        stop = min(total, start + max(1, budget // m))
+    counts = n[order].cpu().numpy()
+    ascending = counts[::-1]
+    batches, start, total = [], 0, int((counts > 0).sum())
+    while start < total:
+        m = int(counts[start])
+        # first position whose count falls below (1 - waste) m
+        similar = len(counts) - int(np.searchsorted(ascending, (1 - waste) * m, side="left"))
+        stop = min(total, start + max(1, budget // m), max(similar, start + least // m, start + 1))
         batches.append((order[start:stop], m))
         start = stop
     return batches
