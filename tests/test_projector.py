@@ -14,7 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from x2ct.projector import Geometry, backproject, hu_to_mu, mu_to_hu, project
+from x2ct.projector import (
+    Geometry,
+    backproject,
+    hu_to_mu,
+    mu_to_hu,
+    project,
+    resolve_backend,
+)
 
 
 # --- an independent model of the geometry --------------------------------------------------
@@ -300,11 +307,17 @@ def test_bad_input_is_a_clear_error():
         Geometry(detector_shape=(0, 4))
     with pytest.raises(ValueError, match="angles"):
         Geometry(angles=(0.0, float("inf")))
-    with pytest.raises(RuntimeError, match="CUDA|Triton"):
-        if not torch.cuda.is_available() and __import__("os").environ.get("TRITON_INTERPRET") != "1":
-            project(mu, g, backend="triton")
-        else:
-            raise RuntimeError("CUDA present: nothing to check")
+
+
+def test_triton_on_a_cpu_tensor_without_the_interpreter_is_an_error(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("X2CT_PROJECTOR_BACKEND", raising=False)
+    g = Geometry.fit((8, 8, 8), (1.0, 1.0, 1.0), (4, 4))
+    with pytest.raises(RuntimeError, match="CUDA tensor|Triton is unavailable"):
+        project(torch.rand(1, 1, 8, 8, 8), g, backend="triton")
+    assert resolve_backend("auto", torch.zeros(1)) == "torch"
+    monkeypatch.setenv("X2CT_PROJECTOR_BACKEND", "torch")
+    assert resolve_backend("auto", torch.zeros(1)) == "torch"
 
 
 def test_geometry_round_trips_through_a_dict():

@@ -1,0 +1,12 @@
+"""Session-wide test setup."""
+
+import os
+
+import torch
+
+# Without CUDA, Triton kernels can only run through the Triton interpreter. Triton reads
+# TRITON_INTERPRET when it decorates a kernel, and it decorates its own standard library
+# (tl.cdiv, tl.max, ...) when `triton` is first imported, which any test module importing
+# x2ct.projector (-> x2ct.kernels) does: so it must be set here, before collection.
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
