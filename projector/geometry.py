@@ -105,37 +105,48 @@ class Geometry:
         cls,
         volume_shape: tuple[int, int, int],
         spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
-        detector_shape: tuple[int, int] = (128, 128),
+        detector_shape: tuple[int, int] | None = None,
         *,
-        margin: float = 1.05,
+        margin: float = 1.02,
         **kwargs,
     ) -> Geometry:
-        """A geometry whose detector just covers the volume from every gantry angle.
+        """A geometry whose detector just covers the volume in every one of its views.
 
-        Square pixels are chosen so that the volume's bounding cylinder about Z (radius
-        ``r``, half height ``h``), magnified as seen from its nearest point to the source,
-        fits with ``margin`` to spare. Other fields (``sad``, ``angles``, ...) pass
-        through ``kwargs``.
+        The shadow of a box is the hull of its eight projected corners, so square pixels
+        are chosen from the corners of the volume's support (voxel index -1 to n, where
+        the trilinear interpolant can be non-zero), magnified from each corner's depth,
+        for each angle, with ``margin`` to spare. ``detector_shape`` defaults to
+        (Z, max(X, Y)) pixels. Other fields (``sad``, ``angles``, ...) pass through
+        ``kwargs``.
         """
         if len(volume_shape) != 3 or len(spacing) != 3:
             raise ValueError(
                 f"volume_shape and spacing must have three entries, got {volume_shape}, {spacing}"
             )
-        sad = float(kwargs.get("sad", cls.sad))
-        sdd = float(kwargs.get("sdd", cls.sdd))
-        parallel = bool(kwargs.get("parallel", False))
-        ext = [n * s for n, s in zip(volume_shape, spacing)]
-        r = 0.5 * math.hypot(ext[0], ext[1])
-        h = 0.5 * ext[2]
-        if parallel:
-            mag = 1.0
-        else:
-            if r >= sad:
-                raise ValueError(f"the volume (radius {r:.1f} mm) does not fit inside sad={sad}")
-            mag = sdd / (sad - r)
-        height, width = detector_shape
-        pixel = margin * mag * max(2 * r / width, 2 * h / height)
-        return cls(detector_shape=tuple(detector_shape), pixel_spacing=(pixel, pixel), **kwargs)
+        if detector_shape is None:
+            detector_shape = (int(volume_shape[2]), int(max(volume_shape[0], volume_shape[1])))
+        probe = cls(detector_shape=tuple(detector_shape), **kwargs)
+        half = [0.5 * (n + 1) * s for n, s in zip(volume_shape, spacing)]
+        corners = [(a * half[0], b * half[1], c * half[2])
+                   for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)]
+        need_u = need_v = 0.0
+        for angle in probe.angles:
+            t = math.radians(angle)
+            s_dir = (-math.sin(t), math.cos(t))  # toward the source (z component 0)
+            u_dir = (-math.cos(t), -math.sin(t))  # detector columns
+            for x, y, z in corners:
+                depth = x * s_dir[0] + y * s_dir[1]
+                if not probe.parallel and depth >= probe.sad:
+                    raise ValueError(
+                        f"the volume ({[round(h, 1) for h in half]} mm half size) reaches "
+                        f"past the source (sad {probe.sad} mm)"
+                    )
+                mag = 1.0 if probe.parallel else probe.sdd / (probe.sad - depth)
+                need_u = max(need_u, abs(x * u_dir[0] + y * u_dir[1]) * mag)
+                need_v = max(need_v, abs(z) * mag)
+        height, width = probe.detector_shape
+        pixel = margin * max(2 * need_u / width, 2 * need_v / height)
+        return cls(detector_shape=probe.detector_shape, pixel_spacing=(pixel, pixel), **kwargs)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -193,14 +193,22 @@ def test_magnification_follows_sdd_over_sad():
 
 
 def test_fit_covers_the_volume():
+    """Nothing of the volume's shadow falls outside the fitted detector: a detector twice
+    as large with the same pixels sees nothing beyond the fitted one."""
     shape, spacing = (40, 36, 30), (1.0, 1.2, 1.5)
     for angle in (0.0, 45.0, 90.0):
-        g = Geometry.fit(shape, spacing, (24, 24), angles=(angle,))
-        drr = project(torch.ones(1, 1, *shape), g, spacing)[0, 0]
-        # The border pixels see no volume: the detector covers it with room to spare.
-        assert drr[0].abs().max() == 0 and drr[-1].abs().max() == 0
-        assert drr[:, 0].abs().max() == 0 and drr[:, -1].abs().max() == 0
-        assert drr[12, 12] > 0
+        g = Geometry.fit(shape, spacing, (24, 22), angles=(angle,))
+        big = Geometry(detector_shape=(48, 44), pixel_spacing=g.pixel_spacing, angles=(angle,))
+        ones = torch.ones(1, 1, *shape)
+        small_img = project(ones, g, spacing)[0, 0]
+        big_img = project(ones, big, spacing)[0, 0]
+        inner = big_img[12:36, 11:33]
+        assert torch.allclose(inner, small_img, atol=1e-4)
+        assert big_img.sum() == pytest.approx(inner.sum().item(), rel=1e-6)
+        # ... and the fit is tight: the shadow reaches the outer pixels of the detector.
+        assert small_img[:, 0].max() > 0 or small_img[0].max() > 0
+    g = Geometry.fit((64, 48, 32), (2.0, 2.0, 2.0))
+    assert g.detector_shape == (32, 64)  # (Z, max(X, Y)) by default
 
 
 # --- linear-operator identities ------------------------------------------------------------

@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,25 +19,27 @@ __all__ = ["atomic_path", "atomic_dir"]
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``.
 
-    The temporary name keeps the suffixes of ``path`` (``.nii.gz``, ``.png``), so writers
-    that infer the format from the name still work. On error it is removed and ``path`` is
-    left as it was.
+    The temporary name ends in ``suffix``, by default the last two suffixes of ``path``
+    (``.nii.gz``, ``.png``), so writers that infer the format from the name still work.
+    On error it is removed and ``path`` is left as it was. Parent folders are created.
+
+    >>> with atomic_path("out/ct.nii.gz") as tmp:
+    ...     nib.save(img, tmp)
     """
     path = Path(path)
+    suffix = suffix if suffix is not None else "".join(path.suffixes[-2:])
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    tmp = Path(tmp)
+    # A fresh name the writer creates itself, so the file gets the usual permissions
+    # (tempfile.mkstemp would leave it readable by its owner only).
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp{suffix}"
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

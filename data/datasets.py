@@ -1,0 +1,523 @@
+"""Datasets of (CT, biplanar X-ray) pairs: procedural phantoms and folders of NIfTI CTs.
+
+Every item is a dict:
+
+- ``ct``: (1, X, Y, Z) float32 in [-1, 1] (the HU window, :func:`hu_to_unit`), RAS+.
+- ``xrays``: (V, H, W) float32, the normalised DRRs of that case,
+  ``project(hu_to_mu(unit_to_hu(ct))) / xray_scale``: exactly the projection of what the
+  model sees (V = 2: AP and lateral by default).
+- ``labels``: (1, X, Y, Z) int64 VerSe labels (discs 100 in phantoms), when known.
+- ``spacing``: (3,) float32 voxel size in mm.
+- ``id``: str, the case id (also what splits hash).
+
+Splits are deterministic per id (:func:`split_ids`): adding cases never moves others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from x2ct.data.augment import XrayAugment, augment_generator
+from x2ct.data.io import atomic_path
+from x2ct.data.phantom import REGIONS, phantom_id, spine_phantom
+from x2ct.data.transforms import HU_WINDOW, hu_to_unit, preprocess, unit_to_hu
+from x2ct.projector import DRR_SCALE, Geometry, hu_to_mu, project
+
+__all__ = [
+    "CACHE_ENV",
+    "CTCase",
+    "CTFolderDataset",
+    "PhantomDataset",
+    "SPLITS",
+    "ct_to_drr",
+    "default_cache_dir",
+    "default_geometry",
+    "find_ct_cases",
+    "split_ids",
+    "split_of",
+]
+
+SPLITS = ("train", "val", "test")
+CACHE_ENV = "X2CT_CACHE_DIR"
+"""Environment variable naming the cache folder (default ``~/.cache/x2ct``)."""
+CACHE_VERSION = 1  # bump when the cached content changes meaning
+
+_MASK_SUFFIXES = ("_seg-vert_msk", "_seg-subreg_msk", "_seg", "_msk", "_mask", "_label", "_labels")
+
+
+# --- splits --------------------------------------------------------------------------------
+
+
+def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
+    f = tuple(float(x) for x in fractions)
+    if len(f) != 3 or min(f) < 0 or abs(sum(f) - 1.0) > 1e-6:
+        raise ValueError(
+            f"fractions must be three non-negative numbers summing to 1, got {fractions!r}"
+        )
+    return f
+
+
+def split_of(case_id: str, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> str:
+    """The split (``"train"``, ``"val"`` or ``"test"``) of one id: a SHA-256 hash of
+    (seed, id) mapped to [0, 1) and compared with the cumulative fractions."""
+    f = _check_fractions(fractions)
+    digest = hashlib.sha256(f"{int(seed)}:{case_id}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2.0**64
+    if u < f[0]:
+        return "train"
+    return "val" if u < f[0] + f[1] else "test"
+
+
+def split_ids(
+    ids: Iterable[str], fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> dict[str, list[str]]:
+    """Deterministic train/val/test split by hashing each id (:func:`split_of`).
+
+    Each id's split depends only on the id, ``fractions`` and ``seed``, so adding cases
+    never moves existing ones; the sizes match ``fractions`` only on average (a small set
+    can leave a split empty). Order within each split follows ``ids``.
+    """
+    ids = list(ids)
+    if len(set(ids)) != len(ids):
+        raise ValueError("split_ids: ids must be unique")
+    out: dict[str, list[str]] = {s: [] for s in SPLITS}
+    for i in ids:
+        out[split_of(i, fractions, seed)].append(i)
+    return out
+
+
+def _select(ids: list[str], split: str | None, fractions, seed: int) -> list[int]:
+    if split is None:
+        return list(range(len(ids)))
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
+    return [i for i, c in enumerate(ids) if split_of(c, fractions, seed) == split]
+
+
+# --- X-rays of a CT --------------------------------------------------------------------------
+
+
+def default_geometry(
+    shape: Sequence[int],
+    spacing: Sequence[float],
+    detector_shape: Sequence[int] | None = None,
+    angles: Sequence[float] = (0.0, 90.0),
+    **kwargs,
+) -> Geometry:
+    """The datasets' default views: AP and lateral (0 and 90 degrees), cone beam with the
+    Geometry defaults (sad 541 mm, sdd 949 mm; override through ``kwargs``) and a detector
+    of (Z, max(X, Y)) pixels whose square pixels just cover the volume
+    (:meth:`Geometry.fit`)."""
+    shape = tuple(int(s) for s in shape)
+    spacing = tuple(float(s) for s in spacing)
+    if len(shape) != 3 or len(spacing) != 3:
+        raise ValueError(f"shape and spacing need three entries, got {shape}, {spacing}")
+    if detector_shape is not None:
+        detector_shape = tuple(int(n) for n in detector_shape)
+    return Geometry.fit(shape, spacing, detector_shape, angles=tuple(angles), **kwargs)
+
+
+def ct_to_drr(
+    ct: torch.Tensor,
+    geometry: Geometry,
+    spacing: Sequence[float],
+    window: Sequence[float] = HU_WINDOW,
+    step: float = 0.5,
+) -> torch.Tensor:
+    """Line integrals (DRRs) of a normalised CT: ``project(hu_to_mu(unit_to_hu(ct)))``.
+
+    Args:
+        ct: (1, X, Y, Z) or (B, 1, X, Y, Z) in [-1, 1].
+    Returns:
+        (V, H, W) or (B, V, H, W) raw line integrals (divide by ``DRR_SCALE`` for networks).
+    """
+    batched = ct.ndim == 5
+    mu = hu_to_mu(unit_to_hu(ct if batched else ct[None], window))
+    drr = project(mu.float(), geometry, spacing=tuple(float(s) for s in spacing), step=step)
+    return drr if batched else drr[0]
+
+
+class _Base(Dataset):
+    """Shared item assembly: DRR scaling and augmentation."""
+
+    def __init__(self, geometry: Geometry, xray_scale: float, augment, window, seed: int):
+        if not (xray_scale > 0):
+            raise ValueError(f"xray_scale must be positive, got {xray_scale}")
+        self.geometry = geometry
+        self.xray_scale = float(xray_scale)
+        self.augment = XrayAugment() if augment is True else (augment or None)
+        if self.augment is not None and not isinstance(self.augment, XrayAugment):
+            raise ValueError(f"augment must be a bool or an XrayAugment, got {augment!r}")
+        self.window = tuple(float(w) for w in window)
+        self.augment_seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the augmentation draws (seeded by (seed, index, epoch)). With DataLoader
+        workers, call it before creating the epoch's iterator (not with persistent workers)."""
+        self.epoch = int(epoch)
+
+    def _item(self, index: int, case_id: str, ct, drr, labels, spacing) -> dict:
+        if self.augment is not None:
+            g = augment_generator(self.augment_seed, index, self.epoch)
+            geometry = self.augment.geometry(self.geometry, g)
+            if geometry is not self.geometry:
+                drr = ct_to_drr(ct, geometry, spacing, self.window)
+            xrays = self.augment.intensity(drr / self.xray_scale, g)
+        else:
+            xrays = drr / self.xray_scale
+        item = {
+            "ct": ct,
+            "xrays": xrays.float(),
+            "spacing": torch.tensor(spacing, dtype=torch.float32),
+            "id": case_id,
+        }
+        if labels is not None:
+            item["labels"] = labels.long()
+        return item
+
+
+# --- phantoms --------------------------------------------------------------------------------
+
+
+class PhantomDataset(_Base):
+    """Procedural spine phantoms (:func:`x2ct.data.phantom.spine_phantom`) made on the fly.
+
+    Case ``i`` is the phantom of seed ``seed + i`` with id ``phantom_{seed+i:04d}``
+    (as written by ``python -m x2ct.data.phantom``); with ``split`` only the ids hashed
+    into that split are kept (so ``len`` is about ``fraction * n``). Items are memoised in
+    an LRU of ``cache_size`` cases (per process; augmentation is applied after it).
+
+    Args:
+        n: number of phantoms before the split.
+        seed: seed of the first phantom.
+        shape, spacing: volume size (voxels) and voxel size (mm).
+        geometry: the views; default :func:`default_geometry`.
+        region: ``"lumbar"`` or ``"thoracic"``.
+        xray_scale: divisor of the DRRs (default ``DRR_SCALE``).
+        augment: False, True (:class:`XrayAugment` defaults) or an :class:`XrayAugment`.
+        split: ``"train"``, ``"val"``, ``"test"`` or None (all).
+        split_fractions, split_seed: see :func:`split_ids`.
+        window: HU window mapped to [-1, 1].
+        cache_size: cases memoised (0: none).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        seed: int = 0,
+        shape: Sequence[int] = (64, 64, 64),
+        spacing: Sequence[float] = (2.0, 2.0, 2.0),
+        geometry: Geometry | None = None,
+        region: str = "lumbar",
+        xray_scale: float = DRR_SCALE,
+        augment: bool | XrayAugment = False,
+        split: str | None = None,
+        split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
+        split_seed: int = 0,
+        window: Sequence[float] = HU_WINDOW,
+        cache_size: int = 64,
+    ):
+        if int(n) < 0:
+            raise ValueError(f"n must be non-negative, got {n}")
+        if region not in REGIONS:
+            raise ValueError(f"region must be one of {REGIONS}, got {region!r}")
+        self.shape = tuple(int(s) for s in shape)
+        self.spacing = tuple(float(s) for s in spacing)
+        geometry = default_geometry(self.shape, self.spacing) if geometry is None else geometry
+        super().__init__(geometry, xray_scale, augment, window, seed)
+        self.region = region
+        seeds = [int(seed) + i for i in range(int(n))]
+        keep = _select([phantom_id(s) for s in seeds], split, split_fractions, split_seed)
+        self.seeds = [seeds[i] for i in keep]
+        self.ids = [phantom_id(s) for s in self.seeds]
+        self.cache_size = int(cache_size)
+        self._cache: OrderedDict[int, tuple] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def _case(self, index: int) -> tuple:
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            return self._cache[index]
+        ph = spine_phantom(self.shape, self.spacing, seed=self.seeds[index], region=self.region)
+        ct = hu_to_unit(torch.from_numpy(ph.hu), self.window)[None]  # (1, X, Y, Z)
+        drr = ct_to_drr(ct, self.geometry, self.spacing, self.window)  # (V, H, W)
+        case = (ct, drr, torch.from_numpy(ph.labels)[None])
+        if self.cache_size > 0:
+            self._cache[index] = case
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return case
+
+    def __getitem__(self, index: int) -> dict:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} phantoms")
+        index %= len(self)
+        ct, drr, labels = self._case(index)
+        return self._item(index, self.ids[index], ct, drr, labels, self.spacing)
+
+
+# --- folders of CTs --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CTCase:
+    """One CT volume found in a folder, with its vertebra mask when there is one."""
+
+    id: str
+    image: Path
+    label: Path | None
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def find_ct_cases(root: str | os.PathLike) -> list[CTCase]:
+    """CT volumes under ``root`` (searched recursively; hidden files and folders skipped).
+
+    - VerSe: ``<id>_ct.nii.gz`` with ``<id>_seg-vert_msk.nii.gz`` anywhere under root
+      (e.g. ``rawdata/sub-x/`` and ``derivatives/sub-x/``); the id drops ``_ct``.
+    - CTSpine1K: ``<id>.nii.gz`` volumes with ``<id>_seg.nii.gz`` masks.
+    - Any other ``.nii``/``.nii.gz``: a volume without mask.
+
+    Files whose names end in a mask suffix (``_seg-vert_msk``, ``_seg``, ``_msk``,
+    ``_mask``, ``_label(s)``) are masks, never volumes. When a mask name occurs in several
+    folders, the one whose folder name matches the volume's is taken. Ids are file stems,
+    or relative paths where stems collide. Sorted by id.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder.
+        ValueError: no volume found.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder of CT volumes")
+    files = [
+        p
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+        and p.name.lower().endswith((".nii", ".nii.gz"))
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    ]
+    masks: dict[str, list[Path]] = {}
+    volumes: list[Path] = []
+    for p in files:
+        if _stem(p).endswith(_MASK_SUFFIXES):
+            masks.setdefault(_stem(p), []).append(p)
+        else:
+            volumes.append(p)
+    if not volumes:
+        raise ValueError(
+            f"{root}: no CT volumes found (expected VerSe '*_ct.nii.gz' with "
+            "'*_seg-vert_msk.nii.gz', CTSpine1K volumes with '*_seg.nii.gz' masks, or "
+            ".nii/.nii.gz files)"
+        )
+
+    def mask_for(base: str, volume: Path, suffixes: Sequence[str]) -> Path | None:
+        for suffix in suffixes:
+            found = masks.get(base + suffix)
+            if found:
+                same = [m for m in found if m.parent.name == volume.parent.name]
+                return (same or found)[0]
+        return None
+
+    cases = []
+    for v in volumes:
+        stem = _stem(v)
+        if stem.endswith("_ct"):
+            base = stem[:-3]
+            label = mask_for(base, v, ("_seg-vert_msk", "_seg", "_msk"))
+        else:
+            base = stem
+            label = mask_for(
+                base, v, ("_seg", "_seg-vert_msk", "_msk", "_mask", "_label", "_labels")
+            )
+        cases.append((base, v, label))
+    counts: dict[str, int] = {}
+    for base, _, _ in cases:
+        counts[base] = counts.get(base, 0) + 1
+    out = []
+    for base, v, label in cases:
+        case_id = base
+        if counts[base] > 1:
+            rel = v.relative_to(root)
+            case_id = str(rel.parent / base).replace(os.sep, "/")
+        out.append(CTCase(case_id, v, label))
+    return sorted(out, key=lambda c: c.id)
+
+
+def default_cache_dir() -> Path:
+    """``$X2CT_CACHE_DIR``, else ``$XDG_CACHE_HOME/x2ct``, else ``~/.cache/x2ct``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "x2ct"
+
+
+class CTFolderDataset(_Base):
+    """CT volumes of a folder (VerSe, CTSpine1K or plain NIfTI, :func:`find_ct_cases`),
+    preprocessed once (:func:`x2ct.data.transforms.preprocess`: RAS, antialiased
+    resampling to ``spacing``, crop or pad to ``shape`` around the spine, HU window to
+    [-1, 1]) and projected once, then served from a disk cache.
+
+    Cache: ``<cache_dir>/ctfolder/<id>-<key>.safetensors`` holding ``ct`` (1, X, Y, Z)
+    float32, ``drr`` (V, H, W) float32 raw line integrals and ``labels`` (1, X, Y, Z) int16
+    when there is a mask; ``key`` hashes the volume's and mask's resolved paths, sizes and
+    mtimes, the spacing, shape, window, antialiasing, geometry and a format version, so an
+    edited file or a new setting makes a new entry. Written atomically; a cache entry that
+    cannot be read is rebuilt. Entries are built on first access, or all at once with
+    :meth:`prepare`. ``cache_dir`` may not lie inside ``root``.
+
+    Args:
+        root: the data folder.
+        spacing, shape: model voxel size (mm) and volume size (voxels).
+        geometry: the views; default :func:`default_geometry`.
+        cache_dir: cache folder; default :func:`default_cache_dir`.
+        split, split_fractions, split_seed: see :func:`split_ids` (on case ids).
+        window: HU window mapped to [-1, 1].
+        xray_scale: divisor of the DRRs (default ``DRR_SCALE``).
+        augment: False, True or an :class:`XrayAugment`.
+        antialias: Gaussian smoothing before downsampling.
+        with_labels: include ``labels`` when a mask exists (None or True) or never (False).
+            A folder mixing cases with and without masks gives items with different keys;
+            pass False to batch them together.
+        seed: augmentation seed.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        spacing: Sequence[float] = (2.0, 2.0, 2.0),
+        shape: Sequence[int] = (64, 64, 64),
+        geometry: Geometry | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        split: str | None = None,
+        split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
+        split_seed: int = 0,
+        window: Sequence[float] = HU_WINDOW,
+        xray_scale: float = DRR_SCALE,
+        augment: bool | XrayAugment = False,
+        antialias: bool = True,
+        with_labels: bool | None = None,
+        seed: int = 0,
+    ):
+        self.root = Path(root)
+        self.shape = tuple(int(s) for s in shape)
+        self.spacing = tuple(float(s) for s in spacing)
+        if len(self.shape) != 3 or len(self.spacing) != 3:
+            raise ValueError(f"shape and spacing need three entries, got {shape}, {spacing}")
+        geometry = default_geometry(self.shape, self.spacing) if geometry is None else geometry
+        super().__init__(geometry, xray_scale, augment, window, seed)
+        cases = find_ct_cases(self.root)
+        keep = _select([c.id for c in cases], split, split_fractions, split_seed)
+        self.cases = [cases[i] for i in keep]
+        self.ids = [c.id for c in self.cases]
+        self.antialias = bool(antialias)
+        self.with_labels = with_labels is not False
+        cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        root_r, cache_r = self.root.resolve(), cache.resolve()
+        if cache_r == root_r or root_r in cache_r.parents:
+            raise ValueError(
+                f"cache_dir {cache} lies inside the data folder {self.root}; "
+                "choose a folder outside it"
+            )
+        self.cache_dir = cache / "ctfolder"
+        self._pipeline = None
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def _key(self, case: CTCase) -> str:
+        def stat(p: Path | None):
+            if p is None:
+                return None
+            s = p.stat()
+            return [str(p.resolve()), s.st_size, s.st_mtime_ns]
+
+        params = {
+            "version": CACHE_VERSION,
+            "image": stat(case.image),
+            "label": stat(case.label),
+            "spacing": self.spacing,
+            "shape": self.shape,
+            "window": self.window,
+            "antialias": self.antialias,
+            "geometry": self.geometry.to_dict(),
+        }
+        return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:20]
+
+    def cache_path(self, index: int) -> Path:
+        """The cache file of case ``index`` for the current settings."""
+        case = self.cases[index]
+        safe = case.id.replace("/", "__")
+        return self.cache_dir / f"{safe}-{self._key(case)}.safetensors"
+
+    def _build(self, case: CTCase) -> dict[str, torch.Tensor]:
+        if self._pipeline is None:
+            self._pipeline = preprocess(
+                self.spacing, self.shape, self.window, antialias=self.antialias
+            )
+        d = self._pipeline(
+            {"image": str(case.image), "label": str(case.label) if case.label else None}
+        )
+        ct = d["image"].as_tensor().float().contiguous()  # (1, X, Y, Z)
+        out = {
+            "ct": ct,
+            "drr": ct_to_drr(ct, self.geometry, self.spacing, self.window).contiguous(),
+        }
+        if "label" in d:
+            out["labels"] = d["label"].as_tensor().round().to(torch.int16).contiguous()
+        return out
+
+    def _load(self, index: int) -> dict[str, torch.Tensor]:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file, save_file
+
+        path = self.cache_path(index)
+        if path.is_file():
+            try:
+                return load_file(path)
+            except (SafetensorError, OSError, ValueError):
+                pass  # unreadable entry: rebuild it
+        case = self.cases[index]
+        tensors = self._build(case)
+        meta = {
+            "id": case.id,
+            "image": str(case.image),
+            "label": str(case.label or ""),
+            "spacing": json.dumps(self.spacing),
+        }
+        with atomic_path(path, suffix=".safetensors") as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+        return tensors
+
+    def prepare(self, progress: bool = True) -> None:
+        """Build every missing cache entry now (with a progress bar)."""
+        from tqdm import tqdm
+
+        for i in tqdm(range(len(self)), desc="preprocess", unit="case", disable=not progress):
+            self._load(i)
+
+    def __getitem__(self, index: int) -> dict:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} cases")
+        index %= len(self)
+        t = self._load(index)
+        labels = t.get("labels") if self.with_labels else None
+        return self._item(index, self.ids[index], t["ct"], t["drr"], labels, self.spacing)

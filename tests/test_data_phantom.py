@@ -1,0 +1,157 @@
+"""Procedural spine phantom: determinism, tissue values, labels, anatomy, command line."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from x2ct.data import DISC_LABEL, load_ct, spine_centre, spine_phantom
+from x2ct.data.phantom import main
+
+SHAPE, SPACING = (48, 48, 48), (3.0, 3.0, 3.0)
+
+
+@pytest.fixture(scope="module")
+def lumbar():
+    return spine_phantom(SHAPE, SPACING, seed=3, region="lumbar")
+
+
+@pytest.fixture(scope="module")
+def thoracic():
+    return spine_phantom(SHAPE, SPACING, seed=3, region="thoracic")
+
+
+def _vertebra_ids(labels):
+    return sorted(int(i) for i in np.unique(labels) if 0 < i < DISC_LABEL)
+
+
+def test_deterministic_per_seed(lumbar):
+    again = spine_phantom(SHAPE, SPACING, seed=3, region="lumbar")
+    assert np.array_equal(again.hu, lumbar.hu)
+    assert np.array_equal(again.labels, lumbar.labels)
+    other = spine_phantom(SHAPE, SPACING, seed=4, region="lumbar")
+    assert np.abs(other.hu - lumbar.hu).mean() > 10.0
+    assert not np.array_equal(other.labels, lumbar.labels)
+
+
+def test_types_and_shapes():
+    ph = spine_phantom((24, 28, 20), (3.0, 2.5, 4.0), seed=0)
+    assert ph.hu.shape == ph.labels.shape == (24, 28, 20)
+    assert ph.hu.dtype == np.float32 and ph.labels.dtype == np.int16
+    assert ph.spacing == (3.0, 2.5, 4.0)
+    assert np.isfinite(ph.hu).all()
+
+
+def test_tissue_values(lumbar):
+    hu, labels = lumbar.hu, lumbar.labels
+    vert = labels[(labels > 0) & (labels < DISC_LABEL)]
+    assert vert.size > 0
+    assert 150.0 <= np.median(hu[(labels > 0) & (labels < DISC_LABEL)]) <= 1900.0
+    assert 40.0 <= np.median(hu[labels == DISC_LABEL]) <= 150.0
+    # Air outside the body: the corners are exactly -1000 (no noise in air).
+    for corner in [(0, 0, 0), (-1, 0, 0), (0, -1, -1), (-1, -1, -1)]:
+        assert hu[corner] == -1000.0
+    assert hu.max() <= 2100.0 and hu.min() >= -1100.0
+    # Bone: cortical shell brighter than the cancellous core of the vertebrae.
+    bone = (labels > 0) & (labels < DISC_LABEL)
+    core = ndimage.binary_erosion(bone, iterations=2)
+    shell = bone & ~ndimage.binary_erosion(bone)
+    assert core.sum() > 20
+    assert hu[shell].mean() > hu[core].mean() + 150.0
+    assert 100.0 <= np.median(hu[core]) <= 450.0
+
+
+def test_labels_lumbar_and_thoracic(lumbar, thoracic):
+    ids = _vertebra_ids(lumbar.labels)
+    assert len(ids) >= 3
+    assert set(ids) <= set(range(17, 25)) | {26}
+    assert {21, 22, 23} <= set(ids)  # L2-L4 around the centre of the view
+    assert (lumbar.labels == DISC_LABEL).any()
+    t_ids = _vertebra_ids(thoracic.labels)
+    assert len(t_ids) >= 4
+    assert set(t_ids) <= set(range(8, 21))
+    # Consecutive levels: the labels form a contiguous run (sacrum 26 follows L5 = 24).
+    run = [i for i in ids if i != 26]
+    assert run == list(range(run[0], run[-1] + 1))
+    assert t_ids == list(range(t_ids[0], t_ids[-1] + 1))
+
+
+def test_column_is_ordered_superior_to_inferior(lumbar):
+    # Superior is +Z: higher VerSe ids (more caudal) sit lower.
+    labels = lumbar.labels
+    ids = [i for i in _vertebra_ids(labels) if i != 26]
+    z_means = [np.nonzero(labels == i)[2].mean() for i in ids]
+    assert all(a > b for a, b in zip(z_means, z_means[1:]))
+
+
+def test_spine_is_centred(lumbar, thoracic):
+    for ph in (lumbar, thoracic):
+        c = spine_centre(ph.hu)  # centroid of bone, voxels
+        offset_mm = (c - (np.array(SHAPE) - 1) / 2) * np.array(SPACING)
+        assert np.all(np.abs(offset_mm[:2]) < 15.0), offset_mm
+
+
+def test_posterior_elements():
+    ph = spine_phantom((64, 64, 48), (1.5, 1.5, 2.0), seed=1)
+    labels, spacing = ph.labels, np.array(ph.spacing)
+    ids = _vertebra_ids(labels)
+    mid = ids[len(ids) // 2]
+    idx = np.nonzero(labels == mid)
+    x_mm = (idx[0] - (labels.shape[0] - 1) / 2) * spacing[0]
+    y_mm = (idx[1] - (labels.shape[1] - 1) / 2) * spacing[1]
+    # The body is anterior; the spinous process reaches far posterior (-Y), the
+    # transverse processes far to both sides (+-X).
+    assert y_mm.max() > 10.0 and y_mm.min() < -30.0
+    assert x_mm.max() > 30.0 and x_mm.min() < -30.0
+    # The arch is closed around the canal: in some axial slice the non-bone region has a
+    # hole (the canal) not connected to the border.
+    closed = False
+    for z in np.unique(idx[2]):
+        free, n = ndimage.label(labels[:, :, z] != mid)
+        border = set(np.unique(np.concatenate([free[0], free[-1], free[:, 0], free[:, -1]])))
+        sizes = ndimage.sum(np.ones_like(free), free, index=range(1, n + 1))
+        if any(k + 1 not in border and s >= 20 for k, s in enumerate(sizes)):
+            closed = True
+            break
+    assert closed
+
+
+def test_thoracic_has_ribs_and_lungs(thoracic):
+    hu, labels = thoracic.hu, thoracic.labels
+    x_mm = (np.arange(SHAPE[0]) - (SHAPE[0] - 1) / 2) * SPACING[0]
+    lateral = np.abs(x_mm) > 45.0
+    ribs = (hu > 350) & (labels == 0) & lateral[:, None, None]
+    assert ribs.sum() > 20
+    assert (hu < -600).sum() > (hu == -1000).sum()  # lung inside the body besides air
+
+
+def test_large_volume_runs():
+    ph = spine_phantom(128, 2.0, seed=0)
+    assert ph.hu.shape == (128, 128, 128)
+    assert len(_vertebra_ids(ph.labels)) >= 5
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="region"):
+        spine_phantom(SHAPE, SPACING, region="cervical")
+    with pytest.raises(ValueError, match="spacing"):
+        spine_phantom(SHAPE, (2.0, 0.0, 2.0))
+    with pytest.raises(ValueError, match="shape"):
+        spine_phantom((32, 32), SPACING)
+
+
+def test_command_line_writes_pairs(tmp_path):
+    out = tmp_path / "phantoms"
+    main(["--n", "2", "--out", str(out), "--shape", "24", "--spacing", "4", "--seed", "5"])
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "phantom_0005_ct.nii.gz",
+        "phantom_0005_seg-vert_msk.nii.gz",
+        "phantom_0006_ct.nii.gz",
+        "phantom_0006_seg-vert_msk.nii.gz",
+    ]
+    ref = spine_phantom(24, 4.0, seed=6)
+    ct = load_ct(out / "phantom_0006_ct.nii.gz")
+    msk = load_ct(out / "phantom_0006_seg-vert_msk.nii.gz")
+    assert np.array_equal(ct.hu, ref.hu)
+    assert np.array_equal(msk.hu, ref.labels)
+    assert ct.spacing == (4.0, 4.0, 4.0)
