@@ -10,13 +10,13 @@ method actually evaluates; ``ms`` compares the same image.
 from __future__ import annotations
 
 import math
-import threading
 import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
+from x2ct.eval.memory import PeakRSS as _PeakRSS
 from x2ct.projector import Geometry, project, view_vectors
 from x2ct.projector.reference import ray_setup
 
@@ -42,34 +42,6 @@ class ProjectorCase:
         d = asdict(self)
         d["msamples_per_s"] = self.samples_per_s / 1e6
         return d
-
-
-class _PeakRSS:
-    """Peak resident memory above the level at entry, sampled every millisecond (CPU)."""
-
-    def __enter__(self):
-        import psutil
-
-        self._proc = psutil.Process()
-        self.base = self._proc.memory_info().rss
-        self.peak = self.base
-        self._stop = False
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def _watch(self):
-        while not self._stop:
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-            time.sleep(0.001)
-
-    def __exit__(self, *exc):
-        self._stop = True
-        self._thread.join()
-
-    @property
-    def mb(self) -> float:
-        return (self.peak - self.base) / 2**20
 
 
 def _time(fn, device: torch.device, reps: int) -> tuple[float, float]:
