@@ -16,8 +16,6 @@ Checkpoints: `save_pretrained(dir)` writes config.json + model.safetensors atomi
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -28,6 +26,8 @@ from torch import nn
 
 from x2ct.autoencoder.config import AutoencoderConfig
 from x2ct.autoencoder.tiling import tiled_apply
+from x2ct.data.transforms import hu_to_unit, unit_to_hu
+from x2ct.fileio import atomic_dir
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -74,13 +74,11 @@ class CTAutoencoder(nn.Module):
     # ----------------------------------------------------------------- intensities
     def hu_to_input(self, hu: torch.Tensor) -> torch.Tensor:
         """HU -> [-1, 1] over the config's window (clipped)."""
-        lo, hi = self.config.hu_window
-        return (hu.clamp(lo, hi) - lo) / (hi - lo) * 2.0 - 1.0
+        return hu_to_unit(hu, self.config.hu_window)
 
     def output_to_hu(self, x: torch.Tensor) -> torch.Tensor:
         """[-1, 1] -> HU (clipped to the window)."""
-        lo, hi = self.config.hu_window
-        return (x.clamp(-1.0, 1.0) + 1.0) / 2.0 * (hi - lo) + lo
+        return unit_to_hu(x.clamp(-1.0, 1.0), self.config.hu_window)
 
     # ----------------------------------------------------------------- raw networks
     def _encode_raw(self, x: torch.Tensor) -> torch.Tensor:
@@ -214,32 +212,17 @@ class CTAutoencoder(nn.Module):
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write config.json and model.safetensors into `directory`, atomically.
 
-        A new folder is written under a temporary name and renamed; into an existing
-        folder each file is written to a temporary name and renamed (os.replace).
+        A new folder appears whole; into an existing one each file is renamed over its
+        namesake, and other files there are kept (x2ct.fileio.atomic_dir).
         """
-        directory = Path(directory)
         state = {
             k: v.detach().to("cpu", torch.float32).contiguous()
             for k, v in self.state_dict().items()
         }
-        directory.parent.mkdir(parents=True, exist_ok=True)
-
-        def write(folder: Path, suffix: str = "") -> None:
-            save_file(state, str(folder / (WEIGHTS_NAME + suffix)), metadata={"format": "pt"})
-            (folder / (CONFIG_NAME + suffix)).write_text(self.config.to_json())
-
-        if not directory.exists():
-            tmp = Path(tempfile.mkdtemp(prefix=directory.name + ".tmp", dir=directory.parent))
-            try:
-                write(tmp)
-                os.replace(tmp, directory)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-        else:
-            write(directory, ".tmp")
-            os.replace(directory / (WEIGHTS_NAME + ".tmp"), directory / WEIGHTS_NAME)
-            os.replace(directory / (CONFIG_NAME + ".tmp"), directory / CONFIG_NAME)
+        directory = Path(directory)
+        with atomic_dir(directory) as tmp:
+            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+            (tmp / CONFIG_NAME).write_text(self.config.to_json())
         return directory
 
     @classmethod

@@ -32,6 +32,7 @@ from x2ct.autoencoder.losses import (
     make_discriminator,
     reconstruction_loss,
 )
+from x2ct.data.transforms import hu_to_unit
 from x2ct.eval.metrics import unit_metrics
 from x2ct.train.checkpoint import resume_latest, save_checkpoint
 from x2ct.train.ema import EMA
@@ -116,15 +117,13 @@ def load_volumes(args, seeds: list[int], config) -> torch.Tensor:
     """Phantoms for `seeds` as (N, 1, X, Y, Z) in [-1, 1] over the config's HU window."""
     from x2ct.data.phantom import spine_phantom
 
-    lo, hi = config.hu_window
     vols = []
     for s in seeds:
         region = args.regions[s % len(args.regions)]
         hu, _, _ = spine_phantom(
             shape=tuple(args.shape), spacing=config.spacing, seed=s, region=region
         )
-        hu = torch.as_tensor(hu, dtype=torch.float32).clamp(lo, hi)
-        vols.append(((hu - lo) / (hi - lo) * 2.0 - 1.0)[None])
+        vols.append(hu_to_unit(torch.as_tensor(hu, dtype=torch.float32), config.hu_window)[None])
     return torch.stack(vols)
 
 

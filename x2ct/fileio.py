@@ -44,23 +44,32 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a fresh temporary folder beside ``path``; on success it replaces ``path``.
+    """Yield a fresh temporary folder beside ``path``; on success its entries land in
+    ``path``.
 
-    An existing ``path`` is moved aside first and removed only after the new folder is in
-    place, so at every moment one complete version exists on disk.
+    A new ``path`` appears whole in one rename. Into an existing folder each written file
+    is renamed over its namesake (one atomic step per file) and each written subfolder
+    replaces its namesake the same way, recursively; entries the writer did not write (a
+    README the user keeps beside the weights) are left alone.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
         yield tmp
-        old = None
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{os.getpid()}"
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _merge(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _merge(src: Path, dst: Path) -> None:
+    if not dst.exists():
+        os.replace(src, dst)
+        return
+    for entry in src.iterdir():
+        target = dst / entry.name
+        if entry.is_dir() and target.is_dir():
+            _merge(entry, target)
+        else:
+            os.replace(entry, target)
