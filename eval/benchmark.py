@@ -1,21 +1,29 @@
 """Benchmarks, written as scripts (never timed assertions in tests).
 
-    python eval/benchmark.py projector [--size 128] [--detector 128] [--device cpu|cuda]
-                                       [--dtypes float32 bfloat16] [--json PATH]
+    python eval/benchmark.py projector [--size 128 [256 ...]] [--detector 128]
+                                       [--device cpu|cuda] [--dtypes float32 bfloat16]
+    python eval/benchmark.py reconstruct [--model DIR | --config tiny --ae-config kl-tiny
+                                         --shape 64] [--samplers ddim ddpm rflow]
+                                         [--steps 10 25 50] [--batch-sizes 1 2 4]
+    python eval/benchmark.py train [--model DIR | --config ... --shape 64]
+                                   [--stages autoencoder latent] [--batch-sizes 1 2]
 
-prints a markdown table and writes JSON with ``--json``.
+Each prints a markdown table, writes JSON with ``--json PATH`` and draws seconds and peak
+memory against size (projector), sampler steps (reconstruct) or batch size (train) with
+``--plot PATH``. Peak memory: CUDA max allocated; CPU peak resident-set growth
+(``x2ct.eval.memory``). Record the card with the numbers: the JSON holds ``machine``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 
 import torch
 
+from x2ct.eval.memory import device_name, memory_note
 from x2ct.eval.projector_benchmark import (
     describe_setting,
     markdown_table,
@@ -24,10 +32,10 @@ from x2ct.eval.projector_benchmark import (
 from x2ct.fileio import atomic_path
 
 
-def machine() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+def machine(device: str | None = None) -> str:
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return device_name(device)
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -35,29 +43,160 @@ def _write_json(path: Path, payload: dict) -> None:
         tmp.write_text(json.dumps(payload, indent=2))
 
 
-def projector(args) -> int:
-    if args.device == "cuda" and not torch.cuda.is_available():
+def _plot(path: Path, series: dict, xlabel: str, title: str, log_x: bool = False) -> None:
+    from x2ct.eval.figures import benchmark_plot, save_figure
+
+    save_figure(benchmark_plot(series, xlabel, title, log_x), path)
+    print(f"wrote {path}")
+
+
+def _check_device(device: str) -> None:
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but CUDA is not available")
-    cases = run_projector_benchmark(
-        size=args.size, detector=args.detector, device=args.device, step=args.step,
-        reps=args.reps, dtypes=tuple(args.dtypes), peers=not args.no_peers,
-    )
-    title = f"Projector on {machine()}: " + describe_setting(args.size, args.detector, args.step)
-    print(markdown_table(cases, title))
+
+
+# --------------------------------------------------------------------------- projector
+def projector(args) -> int:
+    _check_device(args.device)
+    all_cases = []
+    for size in args.size:
+        cases = run_projector_benchmark(
+            size=size, detector=args.detector, device=args.device, step=args.step,
+            reps=args.reps, dtypes=tuple(args.dtypes), peers=not args.no_peers,
+        )
+        title = f"Projector on {machine(args.device)}: " + describe_setting(
+            size, args.detector, args.step)
+        print(markdown_table(cases, title))
+        all_cases += [(size, c) for c in cases]
     if args.json:
         _write_json(args.json, {
-            "benchmark": "projector", "machine": machine(), "size": args.size,
+            "benchmark": "projector", "machine": machine(args.device),
+            "size": args.size[0] if len(args.size) == 1 else args.size,
             "detector": args.detector, "step": args.step, "torch": torch.__version__,
-            "cases": [c.row() for c in cases],
+            "cases": [{**c.row(), "size": size} for size, c in all_cases],
         })
+    if args.plot:
+        series: dict = {}
+        for size, c in all_cases:
+            series.setdefault(f"{c.method} {c.dtype} fwd", []).append(
+                (size, c.forward_ms / 1e3, c.peak_mb))
+        _plot(args.plot, series, "volume size N (N^3 voxels)",
+              f"Projector, {args.detector}^2 detector, {machine(args.device)}", log_x=True)
     return 0
 
 
+# --------------------------------------------------------------------------- pipelines
+def _pipeline(args):
+    """The Reconstructor to time: a saved one (--model) or a random one of named sizes."""
+    from x2ct.eval.reconstruct_benchmark import build_pipeline
+
+    _check_device(args.device)
+    if args.model is not None:
+        from x2ct.diffusion import Reconstructor
+        from x2ct.diffusion.pipeline import check_pipeline_dir
+
+        try:
+            check_pipeline_dir(args.model)
+        except FileNotFoundError as e:
+            raise SystemExit(f"error: {e}") from e
+        recon = Reconstructor.from_pretrained(args.model, device=args.device)
+        described = f"model {args.model}"
+    else:
+        try:
+            recon = build_pipeline(args.config, args.ae_config, (args.shape,) * 3,
+                                   seed=args.seed).to(args.device)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from e
+        described = f"random '{args.config}' denoiser + '{args.ae_config}' autoencoder"
+    n_params = sum(p.numel() for p in recon.denoiser.parameters())
+    n_ae = sum(p.numel() for p in recon.autoencoder.parameters())
+    setting = {"model": args.model, "config": None if args.model else args.config,
+               "ae_config": None if args.model else args.ae_config,
+               "ct_shape": list(recon.shape), "spacing": list(recon.spacing),
+               "latent_size": list(recon.config.latent_size),
+               "xray_shape": list(recon.config.xray_shape),
+               "denoiser_parameters": n_params, "autoencoder_parameters": n_ae}
+    described += (f": CT {'x'.join(map(str, recon.shape))}, latent "
+                  f"{recon.config.latent_channels}x{'x'.join(map(str, recon.config.latent_size))}"
+                  f", {n_params / 1e6:.2f} M denoiser + {n_ae / 1e6:.2f} M autoencoder params")
+    return recon, described, setting
+
+
+def _pipeline_args(p: argparse.ArgumentParser) -> None:
+    from x2ct.autoencoder import AUTOENCODER_CONFIGS
+    from x2ct.diffusion import LATENT_DIFFUSION_CONFIGS
+
+    p.add_argument("--model", help="saved pipeline folder (default: a random pipeline of "
+                   "--config/--ae-config at --shape: weights do not change the cost)")
+    p.add_argument("--config", default="tiny", choices=list(LATENT_DIFFUSION_CONFIGS))
+    p.add_argument("--ae-config", default="kl-tiny", choices=list(AUTOENCODER_CONFIGS))
+    p.add_argument("--shape", type=int, default=64, help="CT size N (N^3 voxels), random model")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="also write the results as JSON")
+    p.add_argument("--plot", type=Path, help="also draw seconds and memory (PNG, PDF, SVG)")
+
+
+# --------------------------------------------------------------------------- reconstruct
+def reconstruct(args) -> int:
+    from x2ct.eval.reconstruct_benchmark import markdown_table as table
+    from x2ct.eval.reconstruct_benchmark import run_reconstruct_benchmark
+
+    recon, described, setting = _pipeline(args)
+    with torch.no_grad():
+        cases = run_reconstruct_benchmark(recon, args.samplers, args.steps, args.batch_sizes,
+                                          args.guidance, args.num_samples, args.reps, args.seed)
+    title = (f"Reconstruction on {machine(args.device)}, {described}; seconds per volume "
+             f"(median of {args.reps}), {memory_note(args.device)}")
+    print(table(cases, title))
+    if args.json:
+        _write_json(args.json, {
+            "benchmark": "reconstruct", "machine": machine(args.device), "device": args.device,
+            "torch": torch.__version__, "memory": memory_note(args.device), **setting,
+            "cases": [c.row() for c in cases],
+        })
+    if args.plot:
+        series: dict = {}
+        for c in cases:
+            series.setdefault(f"{c.sampler}, batch {c.batch}", []).append(
+                (c.steps, c.total_s, c.peak_mb))
+        _plot(args.plot, series, "sampler steps", f"Reconstruction per volume, "
+              f"{machine(args.device)}")
+    return 0
+
+
+# --------------------------------------------------------------------------- train
+def train(args) -> int:
+    from x2ct.eval.train_benchmark import markdown_table as table
+    from x2ct.eval.train_benchmark import run_train_benchmark
+
+    recon, described, setting = _pipeline(args)
+    cases = run_train_benchmark(recon, args.batch_sizes, args.stages, None, args.reps, args.seed)
+    title = (f"Training steps on {machine(args.device)}, {described}; median of {args.reps} "
+             f"steps, {memory_note(args.device)}")
+    print(table(cases, title))
+    if args.json:
+        _write_json(args.json, {
+            "benchmark": "train", "machine": machine(args.device), "device": args.device,
+            "torch": torch.__version__, "memory": memory_note(args.device), **setting,
+            "cases": [c.row() for c in cases],
+        })
+    if args.plot:
+        series: dict = {}
+        for c in cases:
+            series.setdefault(f"{c.stage}, projection {c.projection}", []).append(
+                (c.batch, c.step_s, c.peak_mb))
+        _plot(args.plot, series, "batch size", f"One training step, {machine(args.device)}")
+    return 0
+
+
+# --------------------------------------------------------------------------- command line
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python eval/benchmark.py")
     sub = parser.add_subparsers(dest="what", required=True)
     p = sub.add_parser("projector", help="DRR rendering speed and memory against peers")
-    p.add_argument("--size", type=int, default=128, help="volume size N (N^3 voxels)")
+    p.add_argument("--size", type=int, nargs="+", default=[128],
+                   help="volume size(s) N (N^3 voxels)")
     p.add_argument("--detector", type=int, default=128, help="detector size D (D^2 pixels)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--step", type=float, default=0.5, help="sample spacing in voxels")
@@ -66,7 +205,31 @@ def main(argv=None) -> int:
                    choices=["float32", "bfloat16", "float16"])
     p.add_argument("--no-peers", action="store_true", help="skip nanodrr and DiffDRR")
     p.add_argument("--json", type=Path, help="also write the results as JSON")
+    p.add_argument("--plot", type=Path, help="also draw forward time and memory against size")
     p.set_defaults(fn=projector)
+
+    from x2ct.diffusion import SAMPLERS
+
+    r = sub.add_parser("reconstruct", help="seconds and memory per volume for each sampler "
+                       "and step count, split into encoding, sampling and decoding")
+    _pipeline_args(r)
+    r.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
+    r.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50])
+    r.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
+    r.add_argument("--guidance", type=float, default=None, help="guidance scale (model's)")
+    r.add_argument("--num-samples", type=int, default=1, help="samples per case")
+    r.add_argument("--reps", type=int, default=1)
+    r.set_defaults(fn=reconstruct)
+
+    from x2ct.eval.train_benchmark import STAGES
+
+    t = sub.add_parser("train", help="samples/s and memory of one training step per stage, "
+                       "with and without the projection loss")
+    _pipeline_args(t)
+    t.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
+    t.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
+    t.add_argument("--reps", type=int, default=3)
+    t.set_defaults(fn=train)
     args = parser.parse_args(argv)
     return args.fn(args)
 

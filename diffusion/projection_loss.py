@@ -1,0 +1,90 @@
+"""The projection loss: the X-rays of the predicted CT must match the input X-rays.
+
+From the noisy latent and the network's output, the clean-latent estimate x0_hat is
+decoded by the frozen autoencoder (under gradient checkpointing, so the decoder's
+activations are recomputed in the backward pass instead of kept), mapped to attenuation
+and rendered along the model's views; the loss is the L1 distance to the input X-rays in
+the networks' normalised domain (line integral / xray_scale), per sample weighted by a
+function of the timestep so that near-clean steps, whose x0_hat is sharp, weigh most:
+
+    L_proj = mean_b  w(t_b) * mean |project(hu_to_mu(hu(decode(x0_hat_b)))) / s - xray_b|
+
+    w(t) = abar_t ("alpha_bar"), min(SNR_t, 5) / 5 ("snr") or 1 ("constant").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from x2ct.projector import Geometry, hu_to_mu, project
+
+__all__ = ["ProjectionLoss", "timestep_weight", "unit_to_hu_linear"]
+
+
+def timestep_weight(alpha_bar: torch.Tensor, weighting: str) -> torch.Tensor:
+    """w(t) from abar_t, (B,)."""
+    if weighting == "alpha_bar":
+        return alpha_bar
+    if weighting == "snr":
+        return (alpha_bar / (1 - alpha_bar).clamp_min(1e-8)).clamp(max=5.0) / 5.0
+    if weighting == "constant":
+        return torch.ones_like(alpha_bar)
+    raise ValueError(f"unknown projection weighting {weighting!r}")
+
+
+def unit_to_hu_linear(x: torch.Tensor, hu_window: Sequence[float]) -> torch.Tensor:
+    """[-1, 1] -> HU over the window, without clipping (keeps gradients at the ends)."""
+    lo, hi = hu_window
+    return (x + 1.0) * (0.5 * (hi - lo)) + lo
+
+
+class ProjectionLoss:
+    """Renders decoded latents and compares them to X-rays; not a module (holds no weights,
+    only a reference to the frozen autoencoder)."""
+
+    def __init__(
+        self,
+        autoencoder,
+        geometry: Geometry,
+        ct_shape: Sequence[int],
+        xray_scale: float,
+        step: float = 1.0,
+        weighting: str = "alpha_bar",
+        checkpointing: bool = True,
+    ):
+        self.autoencoder = autoencoder
+        self.geometry = geometry
+        self.ct_shape = tuple(int(n) for n in ct_shape)
+        self.spacing = tuple(autoencoder.config.spacing)
+        self.hu_window = tuple(autoencoder.config.hu_window)
+        self.xray_scale = float(xray_scale)
+        self.step = float(step)
+        self.weighting = weighting
+        self.checkpointing = checkpointing
+        timestep_weight(torch.ones(1) * 0.5, weighting)  # validates the name
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latent -> CT in [-1, 1] (B, 1, X, Y, Z)."""
+        fn = lambda v: self.autoencoder.decode(v, shape=self.ct_shape)
+        if self.checkpointing and torch.is_grad_enabled() and z.requires_grad:
+            return checkpoint(fn, z, use_reentrant=False)
+        return fn(z)
+
+    def drr(self, ct_unit: torch.Tensor) -> torch.Tensor:
+        """CT in [-1, 1] -> normalised DRRs (B, V, H, W)."""
+        mu = hu_to_mu(unit_to_hu_linear(ct_unit.float(), self.hu_window))
+        return project(mu, self.geometry, self.spacing, step=self.step) / self.xray_scale
+
+    def per_sample(self, z0: torch.Tensor, xrays: torch.Tensor) -> torch.Tensor:
+        """(B,) mean |DRR(decode(z0)) - xrays|, unweighted."""
+        drr = self.drr(self.decode(z0))
+        return (drr - xrays.to(drr.dtype)).abs().flatten(1).mean(1)
+
+    def __call__(self, z0: torch.Tensor, xrays: torch.Tensor, alpha_bar: torch.Tensor):
+        """Weighted loss (scalar) and the unweighted per-sample errors (B,)."""
+        err = self.per_sample(z0, xrays)
+        w = timestep_weight(alpha_bar.to(err.device, err.dtype), self.weighting)
+        return (w * err).mean(), err.detach()

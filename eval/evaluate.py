@@ -1,0 +1,627 @@
+"""Evaluate reconstruction methods on a test set: one table row per method.
+
+    python eval/evaluate.py --model runs/ldm/model --phantoms 20 --out runs/eval
+    python eval/evaluate.py --model full=runs/a/model --model no-proj=runs/b/model \\
+        --data /data/verse --baseline mean-ct --autoencoder runs/a/model/autoencoder \\
+        --out runs/eval --sampler ddim --steps 25
+
+Rows (each is scored on the same test cases, at the first model's CT grid):
+
+- ``--model [NAME=]DIR`` (repeatable, for ablations): a saved pipeline (train/latent.py
+  writes RUN/model) reconstructs every case from its simulated X-rays, ``--batch-size``
+  cases per call, with ``--sampler/--steps/--guidance/--num-samples`` (default: the model's).
+- ``--autoencoder [NAME=]DIR`` (repeatable): the autoencoder round trip decode(encode(truth)),
+  the ceiling any latent model built on it can reach (a model's own is DIR/autoencoder).
+- ``--baseline mean-ct``: the voxel-wise mean of training CTs, the same for every case
+  (what a method ignoring the X-rays reaches). Phantoms: seeds ``--train-seed``.. (disjoint
+  from the test seeds ``--phantom-seed``.., 90000 by default); a folder: its training split,
+  or ``--train-data DIR``.
+
+Test cases: ``--phantoms N`` procedural spine phantoms with vertebra labels, or
+``--data DIR`` CTs (VerSe, CTSpine1K or plain NIfTI; ``x2ct.data.find_ct_cases``), its
+``--split`` (default test, the same hash split training uses; ``all`` for a held-out folder).
+
+Metrics per case (``x2ct.eval.metrics.case_metrics``): MAE in HU, PSNR and SSIM (3-D and
+the X2CT-GAN slice-wise 2-D mean) over the HU window mapped to [0, 1], the same inside the
+spine region, bone and per-vertebra Dice, projection error against the input X-rays,
+LPIPS over slices when the ``lpips`` package and weights are at hand; FID over slices of
+all cases per row with ``--fid-net`` (left out, with the reason, when its weights cannot
+be loaded). Seconds and peak memory per reconstruction call go into the table too.
+
+Writes into OUT: ``cases.csv`` (one line per method and case), ``summary.json`` (settings,
+git commit, device, seed, per-row mean/std/n of every metric), ``table.md`` (mean ± std per
+metric) and ``figures/<row>.png`` (best, median and worst case by spine-region PSNR).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from x2ct.eval.figures import CasePlanes, case_grid, central_planes, save_figure
+from x2ct.eval.memory import PeakMemory, device_name, memory_note
+from x2ct.eval.metrics import (
+    BONE_HU,
+    SPINE_MARGIN_MM,
+    SliceFID,
+    case_metrics,
+    load_feature_network,
+    load_lpips,
+    to_unit_window,
+)
+from x2ct.fileio import atomic_path
+
+__all__ = ["DEFAULT_PHANTOM_SEED", "TABLE_COLUMNS", "main", "markdown_table", "summarise"]
+
+DEFAULT_PHANTOM_SEED = 90_000  # test phantoms: disjoint from training (0..) and validation
+BASELINES = ("mean-ct",)
+
+# (metric key, column title, format) of the markdown table, in order; absent keys are skipped
+TABLE_COLUMNS = [
+    ("mae_hu", "MAE HU", ".1f"),
+    ("psnr_3d", "PSNR 3D dB", ".2f"),
+    ("ssim_3d", "SSIM 3D", ".4f"),
+    ("psnr_2d_mean", "PSNR 2D dB", ".2f"),
+    ("ssim_2d_mean", "SSIM 2D", ".4f"),
+    ("mae_hu_spine", "MAE spine HU", ".1f"),
+    ("psnr_3d_spine", "PSNR spine dB", ".2f"),
+    ("ssim_3d_spine", "SSIM spine", ".4f"),
+    ("dice_bone", "Dice bone", ".3f"),
+    ("dice_vertebra_mean", "Dice vertebra", ".3f"),
+    ("projection_error", "proj. error", ".4f"),
+    ("projection_error_rel", "proj. error rel", ".3f"),
+    ("lpips", "LPIPS", ".4f"),
+]
+
+
+# --------------------------------------------------------------------------- rows
+@dataclass
+class Row:
+    name: str
+    kind: str  # "model", "autoencoder" or "mean-ct"
+    path: str | None = None
+    settings: dict = field(default_factory=dict)
+
+
+def _named(spec: str) -> tuple[str | None, str]:
+    """``NAME=DIR`` -> (NAME, DIR); a plain DIR -> (None, DIR)."""
+    if "=" in spec and not Path(spec).exists():
+        name, path = spec.split("=", 1)
+        if name and "/" not in name and os.sep not in name:
+            return name, path
+    return None, spec
+
+
+def _default_name(path: str, kind: str) -> str:
+    """runs/ldm/model -> "ldm"; runs/ldm/model/autoencoder -> "ldm autoencoder"."""
+    p = Path(path).resolve()
+    if kind == "autoencoder" and p.parent.name == "model" and p.parent.parent.name:
+        return f"{p.parent.parent.name} autoencoder"
+    if p.name == "model" and p.parent.name:
+        return p.parent.name
+    return p.name
+
+
+def _unique(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
+    return out
+
+
+# --------------------------------------------------------------------------- provenance
+def git_commit() -> dict:
+    """The commit of the x2ct checkout this runs from, and whether it has local changes."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        if head.returncode != 0:
+            return {"commit": None, "dirty": None}
+        status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain"],
+                                capture_output=True, text=True, timeout=10)
+        return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def _jsonable(x):
+    """Non-finite floats as the strings "inf", "-inf", "nan" (JSON has no such numbers)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+# --------------------------------------------------------------------------- statistics
+def summarise(rows: Sequence[dict]) -> dict[str, dict]:
+    """Per numeric key: mean and sample std over the cases where it is not nan, and n.
+    An infinite value (a perfect PSNR) makes the mean infinite."""
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k, v in r.items() if isinstance(v, (int, float)) and k not in keys]
+    out = {}
+    for k in keys:
+        v = np.array([r[k] for r in rows if k in r and not math.isnan(r[k])], dtype=np.float64)
+        if len(v) == 0:
+            out[k] = {"mean": float("nan"), "std": float("nan"), "n": 0}
+            continue
+        with np.errstate(invalid="ignore"):
+            std = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+        out[k] = {"mean": float(np.mean(v)), "std": std, "n": int(len(v))}
+    return out
+
+
+def _cell(stat: dict | None, fmt: str) -> str:
+    if stat is None or stat["n"] == 0:
+        return "-"
+    mean, std = stat["mean"], stat["std"]
+    if not math.isfinite(mean):
+        return str(mean)
+    if stat["n"] == 1 or not math.isfinite(std):
+        return format(mean, fmt)
+    return f"{format(mean, fmt)} ± {format(std, fmt)}"
+
+
+def markdown_table(summary: dict) -> str:
+    """The summary's rows as a markdown table: mean ± std per metric, FID, seconds and peak
+    memory per volume. Metrics no row has are left out."""
+    rows = summary["rows"]
+    present = [c for c in TABLE_COLUMNS if any(c[0] in r["metrics"] for r in rows)]
+    has_fid = any(r.get("fid") is not None for r in rows)
+    head = ["method", "n"] + [c[1] for c in present] + (["FID"] if has_fid else []) + [
+        "s / volume", "peak MB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
+    for r in rows:
+        cells = [r["name"], str(r["cases"])]
+        cells += [_cell(r["metrics"].get(k), fmt) for k, _, fmt in present]
+        if has_fid:
+            cells.append("-" if r.get("fid") is None else f"{r['fid']:.2f}")
+        cells.append(f"{r['seconds_per_volume']:.3g}")
+        cells.append("-" if r.get("peak_memory_mb") is None else f"{r['peak_memory_mb']:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = list(summary.get("unavailable", {}).values())
+    few = [r["name"] for r in rows if r.get("fid") is not None
+           and r["fid_slices"] <= r["fid_features"]]
+    if few:
+        notes.append(f"FID of {', '.join(few)} rests on no more slices than features: its "
+                     "covariances are singular and the value is biased; evaluate more cases.")
+    s = summary["settings"]
+    lines.append("")
+    lines.append(f"{s['cases']} test cases ({s['data']['kind']}), HU window {s['hu_window']}, "
+                 f"spine region = vertebra mask (or bone >= {s['bone_hu']} HU) dilated by "
+                 f"{s['spine_margin_mm']} mm; {summary['device']}; s / volume: median over "
+                 f"reconstruction calls of {s['batch_size']} case(s) of seconds / cases; "
+                 f"{summary['memory']}.")
+    lines += notes
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- command line
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python eval/evaluate.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", action="append", default=[], metavar="[NAME=]DIR",
+                   help="saved pipeline folder (repeat for one row each)")
+    p.add_argument("--autoencoder", action="append", default=[], metavar="[NAME=]DIR",
+                   help="autoencoder folder: the round-trip ceiling row (repeatable)")
+    p.add_argument("--baseline", action="append", default=[], choices=BASELINES,
+                   help="trivial baseline row(s): mean-ct, the mean training CT")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="folder of CT volumes (NIfTI; masks used when present)")
+    src.add_argument("--phantoms", type=int, help="evaluate on this many test phantoms")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--split", default="test", choices=("all", "train", "val", "test"),
+                   help="which hash split of --data to evaluate (default test)")
+    p.add_argument("--train-data", help="folder whose CTs make the mean-ct baseline "
+                   "(default: the training split of --data)")
+    p.add_argument("--cache-dir", help="preprocessing cache for --data (default ~/.cache/x2ct)")
+    p.add_argument("--phantom-seed", type=int, default=DEFAULT_PHANTOM_SEED,
+                   help="seed of the first test phantom")
+    p.add_argument("--region", default="lumbar", choices=("lumbar", "thoracic"))
+    p.add_argument("--train-seed", type=int, default=0, help="first training phantom seed")
+    p.add_argument("--n-train-mean", type=int, default=16,
+                   help="training CTs averaged for mean-ct (phantoms; a folder: at most this)")
+    p.add_argument("--shape", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                   help="CT grid when no --model gives it (default 64 64 64)")
+    p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("SX", "SY", "SZ"),
+                   help="voxel size (mm) when no model or autoencoder gives it (default 2 2 2)")
+    p.add_argument("--sampler", choices=("ddim", "ddpm", "rflow"), default=None)
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: model's)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (model's)")
+    p.add_argument("--num-samples", type=int, default=1, help="samples averaged per case")
+    p.add_argument("--batch-size", type=int, default=4, help="cases per reconstruction call")
+    p.add_argument("--seed", type=int, default=0, help="sampling noise seed")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--bone-hu", type=float, default=BONE_HU)
+    p.add_argument("--spine-margin-mm", type=float, default=SPINE_MARGIN_MM)
+    p.add_argument("--no-lpips", action="store_true", help="do not try LPIPS")
+    p.add_argument("--lpips-slices", type=int, default=16, help="slices per plane for LPIPS")
+    p.add_argument("--fid-net", default="inception",
+                   help="FID feature network: 'inception', a TorchScript file, or 'none'")
+    p.add_argument("--fid-slices", type=int, default=16, help="slices per plane and case, FID")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if not (args.model or args.autoencoder or args.baseline):
+        p.error("nothing to evaluate: give --model, --autoencoder and/or --baseline")
+    if args.phantoms is not None and args.phantoms < 1:
+        p.error("--phantoms must be >= 1")
+    if args.num_samples < 1 or args.batch_size < 1:
+        p.error("--num-samples and --batch-size must be >= 1")
+    return args
+
+
+def _fail(message: str):
+    raise SystemExit(f"error: {message}")
+
+
+# --------------------------------------------------------------------------- setup
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        _fail(f"{path}: not a readable JSON config ({e})")
+
+
+def _check_inputs(args) -> dict:
+    """Every check that can fail before any compute: model and autoencoder folders, the CT
+    grid they share, the data folder. Returns rows and the grid."""
+    from x2ct.autoencoder.model import check_model_dir
+    from x2ct.diffusion.pipeline import check_pipeline_dir
+
+    rows, grids = [], []
+    for spec in args.model:
+        name, path = _named(spec)
+        try:
+            check_pipeline_dir(path)
+        except FileNotFoundError as e:
+            _fail(str(e))
+        cfg = _read_json(Path(path) / "config.json")
+        ae = _read_json(Path(path) / "autoencoder" / "config.json")
+        try:
+            shape = tuple(int(n) * int(cfg["downsample_factor"]) for n in cfg["latent_size"])
+            grids.append((path, shape, tuple(float(s) for s in ae["spacing"]),
+                          tuple(float(w) for w in ae["hu_window"])))
+        except (KeyError, TypeError, ValueError) as e:
+            _fail(f"{path}/config.json: not an x2ct pipeline config ({e})")
+        rows.append(Row(name or _default_name(path, "model"), "model", path))
+    for spec in args.autoencoder:
+        name, path = _named(spec)
+        try:
+            check_model_dir(path)
+        except FileNotFoundError as e:
+            _fail(str(e))
+        ae = _read_json(Path(path) / "config.json")
+        try:
+            grids.append((path, None, tuple(float(s) for s in ae["spacing"]),
+                          tuple(float(w) for w in ae["hu_window"])))
+        except (KeyError, TypeError, ValueError) as e:
+            _fail(f"{path}/config.json: not an x2ct autoencoder config ({e})")
+        rows.append(Row(name or _default_name(path, "autoencoder"), "autoencoder", path))
+    for b in dict.fromkeys(args.baseline):
+        rows.append(Row(b, b))
+    for row, name in zip(rows, _unique([r.name for r in rows])):
+        row.name = name
+
+    shapes = [g[1] for g in grids if g[1] is not None]
+    shape = shapes[0] if shapes else tuple(args.shape or (64, 64, 64))
+    if args.shape is not None and shapes and tuple(args.shape) != shape:
+        _fail(f"--shape {tuple(args.shape)} differs from the model's CT grid {shape}")
+    spacing = grids[0][2] if grids else tuple(args.spacing or (2.0, 2.0, 2.0))
+    window = grids[0][3] if grids else (-1000.0, 2000.0)
+    for path, s, sp, _ in grids:
+        if (s is not None and s != shape) or sp != spacing:
+            _fail(f"{path} works on CT {s or 'any shape'} at {sp} mm, the first row on {shape} at "
+                  f"{spacing} mm: every row must share one CT grid")
+    if args.spacing is not None and grids and tuple(args.spacing) != spacing:
+        _fail(f"--spacing {tuple(args.spacing)} differs from the models' spacing {spacing}")
+    if args.data is not None:
+        from x2ct.data import find_ct_cases, split_of
+
+        try:
+            cases = find_ct_cases(args.data)
+        except (FileNotFoundError, ValueError) as e:
+            _fail(str(e))
+        if args.split != "all" and not any(split_of(c.id) == args.split for c in cases):
+            _fail(f"{args.data}: none of its {len(cases)} CTs falls in the {args.split!r} split; "
+                  "pass --split all to evaluate every CT of a held-out folder")
+        if "mean-ct" in args.baseline:
+            if args.train_data is None and args.split in ("all", "train"):
+                _fail("--baseline mean-ct with --split all/train would average test CTs: "
+                      "pass --train-data DIR")
+            if args.train_data is not None:
+                try:
+                    find_ct_cases(args.train_data)
+                except (FileNotFoundError, ValueError) as e:
+                    _fail(str(e))
+            elif not any(split_of(c.id) == "train" for c in cases):
+                _fail(f"{args.data} has no CT in its training split for --baseline mean-ct; "
+                      "pass --train-data DIR")
+    elif "mean-ct" in args.baseline:
+        test = set(range(args.phantom_seed, args.phantom_seed + args.phantoms))
+        train = set(range(args.train_seed, args.train_seed + args.n_train_mean))
+        if test & train:
+            last = args.train_seed + args.n_train_mean - 1
+            _fail(f"training phantom seeds {args.train_seed}..{last} overlap the test seeds "
+                  f"{args.phantom_seed}..; change --train-seed or --phantom-seed")
+    return {"rows": rows, "shape": shape, "spacing": spacing, "window": window}
+
+
+def _reference_views(args, rows: list[Row], shape, spacing):
+    """Geometry and X-ray scale of the test X-rays: the first model's, else the datasets'
+    default for the grid."""
+    from x2ct.data import default_geometry
+    from x2ct.projector import DRR_SCALE, Geometry
+
+    for r in rows:
+        if r.kind == "model":
+            cfg = json.loads((Path(r.path) / "config.json").read_text())
+            return Geometry.from_dict(cfg["geometry"]), float(cfg.get("xray_scale", DRR_SCALE))
+    return default_geometry(shape, spacing), DRR_SCALE
+
+
+def _test_dataset(args, shape, spacing, window, geometry, xray_scale):
+    if args.phantoms is not None:
+        from x2ct.data import PhantomDataset
+
+        return PhantomDataset(args.phantoms, seed=args.phantom_seed, shape=shape, spacing=spacing,
+                              geometry=geometry, region=args.region, xray_scale=xray_scale,
+                              window=window, cache_size=0)
+    from x2ct.data import CTFolderDataset
+
+    return CTFolderDataset(args.data, spacing=spacing, shape=shape, geometry=geometry,
+                           cache_dir=args.cache_dir, split=None if args.split == "all" else
+                           args.split, window=window, xray_scale=xray_scale)
+
+
+def _mean_ct(args, shape, spacing, window) -> tuple[torch.Tensor, dict]:
+    """The mean training CT in HU (1, 1, X, Y, Z) and what it was averaged over."""
+    from x2ct.data import hu_to_unit, spine_phantom, unit_to_hu
+
+    if args.phantoms is not None:
+        seeds = range(args.train_seed, args.train_seed + args.n_train_mean)
+        acc = None
+        for s in seeds:
+            hu = torch.from_numpy(spine_phantom(shape, spacing, seed=s, region=args.region).hu)
+            unit = hu_to_unit(hu.double(), window)
+            acc = unit if acc is None else acc + unit
+        mean = unit_to_hu(acc / len(seeds), window).float()
+        info = {"phantom_seeds": [seeds.start, seeds.stop - 1]}
+    else:
+        from x2ct.data import CTFolderDataset
+
+        root = args.train_data or args.data
+        data = CTFolderDataset(root, spacing=spacing, shape=shape, cache_dir=args.cache_dir,
+                               split=None if args.train_data else "train", window=window,
+                               with_labels=False)
+        n = min(len(data), args.n_train_mean)
+        mean = unit_to_hu(torch.stack([data[i]["ct"].double() for i in range(n)]).mean(0),
+                          window).float()[0]
+        info = {"folder": str(root), "cases": data.ids[:n]}
+    return mean.reshape(1, 1, *shape), info
+
+
+# --------------------------------------------------------------------------- predictors
+def _predictor(row: Row, args, device, mean_hu, ref_geometry, ref_scale):
+    """(predict(gt_hu (B,1,X,Y,Z), ref_xrays (B,V,H,W)) -> (pred_hu, xrays, geometry,
+    xray_scale), settings, cleanup)."""
+    if row.kind == "model":
+        from x2ct.diffusion import Reconstructor
+
+        recon = Reconstructor.from_pretrained(row.path, device=device)
+        c = recon.config
+        settings = {"sampler": args.sampler or c.sampler,
+                    "steps": args.steps if args.steps is not None else c.sampler_steps,
+                    "guidance_scale": c.guidance_scale if args.guidance is None
+                    else args.guidance,
+                    "num_samples": args.num_samples}
+        generator = torch.Generator().manual_seed(args.seed)
+        same_views = recon.geometry == ref_geometry and c.xray_scale == ref_scale
+
+        def xrays_for(gt, ref_xrays):
+            return ref_xrays if same_views else recon.simulate_xrays(gt.to(recon.device)).cpu()
+
+        def predict(gt, xrays):
+            out = recon(xrays.to(device), sampler=settings["sampler"], steps=settings["steps"],
+                        guidance_scale=settings["guidance_scale"],
+                        num_samples=args.num_samples, generator=generator)
+            return out.hu.float().cpu()
+
+        return predict, xrays_for, recon.geometry, c.xray_scale, settings
+    keep = lambda gt, ref_xrays: ref_xrays
+    if row.kind == "autoencoder":
+        from x2ct.autoencoder import CTAutoencoder
+
+        ae = CTAutoencoder.from_pretrained(row.path, device=device)
+
+        def predict(gt, xrays):
+            with torch.no_grad():
+                x = ae.hu_to_input(gt.to(device))
+                return ae.output_to_hu(ae.reconstruct(x)).float().cpu()
+
+        return predict, keep, ref_geometry, ref_scale, {"kind": ae.config.kind}
+    if row.kind == "mean-ct":
+        return (lambda gt, xrays: mean_hu.expand(gt.shape[0], -1, -1, -1, -1).clone(), keep,
+                ref_geometry, ref_scale, {})
+    raise ValueError(f"unknown row kind {row.kind!r}")
+
+
+# --------------------------------------------------------------------------- main
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    checked = _check_inputs(args)  # exits with a clear message before any compute
+    rows: list[Row] = checked["rows"]
+    shape, spacing, window = checked["shape"], checked["spacing"], checked["window"]
+    out_dir = Path(args.out)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        _fail("--device cuda asked for, but CUDA is not available")
+    unavailable = {}
+    lpips_net = None
+    if args.no_lpips:
+        unavailable["lpips"] = "LPIPS left out: --no-lpips"
+    else:
+        lpips_net, reason = load_lpips(device=device)
+        if lpips_net is None:
+            unavailable["lpips"] = reason
+            print(reason, file=sys.stderr)
+    fid_net = None
+    if args.fid_net == "none":
+        unavailable["fid"] = "FID left out: --fid-net none"
+    else:
+        fid_net, reason = load_feature_network(args.fid_net, device)
+        if fid_net is None:
+            unavailable["fid"] = reason
+            print(reason, file=sys.stderr)
+
+    from tqdm.auto import tqdm
+
+    from x2ct.data import unit_to_hu
+
+    geometry, xray_scale = _reference_views(args, rows, shape, spacing)
+    data = _test_dataset(args, shape, spacing, window, geometry, xray_scale)
+    if len(data) == 0:
+        _fail("no test cases")
+    cases = []
+    for i in tqdm(range(len(data)), desc="test cases", disable=args.no_progress):
+        item = data[i]
+        labels = item.get("labels")
+        cases.append({"id": item["id"], "hu": unit_to_hu(item["ct"], window).float(),
+                      "labels": None if labels is None else labels[0].to(torch.int16),
+                      "xrays": item["xrays"]})
+    mean_hu, mean_info = (_mean_ct(args, shape, spacing, window) if "mean-ct" in args.baseline
+                          else (None, None))
+
+    per_case: list[dict] = []
+    row_summaries = []
+    figures = {}
+    bar = tqdm(total=len(rows) * len(cases), desc="evaluate", disable=args.no_progress)
+    for row in rows:
+        bar.set_postfix(method=row.name)
+        predict, xrays_for, row_geometry, row_scale, settings = _predictor(
+            row, args, device, mean_hu, geometry, xray_scale)
+        row.settings = settings
+        fid = SliceFID(fid_net, args.fid_slices, device=device) if fid_net is not None else None
+        results, planes, seconds, peaks = [], [], [], []
+        for start in range(0, len(cases), args.batch_size):
+            batch = cases[start:start + args.batch_size]
+            gt = torch.stack([c["hu"] for c in batch])  # (B, 1, X, Y, Z)
+            xrays = xrays_for(gt, torch.stack([c["xrays"] for c in batch]))
+            with PeakMemory(device) as mem:
+                pred = predict(gt, xrays)
+            seconds.append(mem.seconds / len(batch))
+            peaks.append(mem.mb)
+            for i, c in enumerate(batch):
+                m = case_metrics(pred[i], gt[i], spacing, labels=c["labels"], xrays=xrays[i],
+                                 geometry=row_geometry, xray_scale=row_scale, hu_window=window,
+                                 bone_hu=args.bone_hu, spine_margin_mm=args.spine_margin_mm,
+                                 lpips_net=lpips_net, lpips_slices=args.lpips_slices)
+                m["seconds"] = mem.seconds / len(batch)
+                results.append(m)
+                per_case.append({"method": row.name, "case": c["id"], **m})
+                planes.append((c["id"], central_planes(gt[i]), central_planes(pred[i])))
+                if fid is not None:
+                    fid.update(to_unit_window(pred[i], window), to_unit_window(gt[i], window))
+            bar.update(len(batch))
+        del predict, xrays_for
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        stats = summarise(results)
+        summary_row = {
+            "name": row.name, "kind": row.kind, "path": row.path, "cases": len(results),
+            "settings": settings, "metrics": stats,
+            "seconds_per_volume": float(np.median(seconds)),
+            "peak_memory_mb": float(max(peaks)),
+        }
+        if fid is not None:
+            summary_row["fid"] = fid.compute()
+            summary_row["fid_slices"] = len(fid)  # feature vectors per set
+            summary_row["fid_features"] = fid.num_features
+        if row.kind == "mean-ct":
+            summary_row["averaged"] = mean_info
+        row_summaries.append(summary_row)
+        figures[row.name] = _best_median_worst(row, results, planes, window, out_dir)
+    bar.close()
+
+    summary = {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": sys.argv if argv is None else ["eval/evaluate.py", *argv],
+        "git": git_commit(),
+        "device": device_name(device),
+        "memory": memory_note(device),
+        "seed": args.seed,
+        "settings": {
+            "sampler": args.sampler, "steps": args.steps, "guidance_scale": args.guidance,
+            "num_samples": args.num_samples, "batch_size": args.batch_size,
+            "cases": len(cases), "shape": list(shape), "spacing": list(spacing),
+            "hu_window": list(window), "bone_hu": args.bone_hu,
+            "spine_margin_mm": args.spine_margin_mm, "geometry": geometry.to_dict(),
+            "xray_scale": xray_scale, "fid_net": args.fid_net, "fid_slices": args.fid_slices,
+            "lpips_slices": args.lpips_slices,
+            "data": ({"kind": "phantoms", "n": args.phantoms, "seed": args.phantom_seed,
+                      "region": args.region} if args.phantoms is not None else
+                     {"kind": "folder", "root": str(args.data), "split": args.split,
+                      "ids": [c["id"] for c in cases]}),
+        },
+        "unavailable": unavailable,
+        "rows": row_summaries,
+        "figures": {k: str(v) for k, v in figures.items()},
+    }
+    _write_outputs(out_dir, summary, per_case)
+    print(markdown_table(summary))
+    print(f"wrote cases.csv, summary.json, table.md and figures/ to {out_dir}")
+    return summary
+
+
+def _best_median_worst(row: Row, results, planes, window, out_dir: Path) -> Path:
+    """Figure of the best, median and worst case by spine-region PSNR (whole-volume PSNR
+    where a case has no spine region)."""
+    def key(i):
+        v = results[i]["psnr_3d_spine"]
+        return results[i]["psnr_3d"] if math.isnan(v) else v
+
+    order = sorted(range(len(results)), key=key)
+    picks = [("best", order[-1]), ("median", order[len(order) // 2]), ("worst", order[0])]
+    grid = [CasePlanes(f"{tag}: {planes[i][0]}\nspine PSNR {key(i):.2f} dB", planes[i][1],
+                       planes[i][2]) for tag, i in picks]
+    fig = case_grid(grid, window, f"{row.name} ({row.kind})")
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in row.name)
+    return save_figure(fig, out_dir / "figures" / f"{safe}.png")
+
+
+def _write_outputs(out_dir: Path, summary: dict, per_case: list[dict]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    columns: list[str] = []
+    for r in per_case:
+        columns += [k for k in r if k not in columns]
+    with atomic_path(out_dir / "cases.csv") as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=columns, restval="")
+            w.writeheader()
+            for r in per_case:
+                w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    with atomic_path(out_dir / "summary.json") as tmp:
+        tmp.write_text(json.dumps(_jsonable(summary), indent=2, allow_nan=False))
+    with atomic_path(out_dir / "table.md") as tmp:
+        tmp.write_text(markdown_table(summary) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""eval/evaluate.py end to end on tiny models (16^3 CT, 2 sampler steps, CPU)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+from latent_helpers import tiny_reconstructor
+
+from x2ct.eval import evaluate
+
+CASE_KEYS = ("mae_hu", "psnr_3d", "ssim_3d", "psnr_2d_mean", "ssim_2d_mean", "mae_hu_spine",
+             "psnr_3d_spine", "ssim_3d_spine", "dice_bone", "dice_vertebra_mean",
+             "projection_error", "projection_error_rel", "lpips", "seconds")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    tiny_reconstructor(seed=0).save_pretrained(root / "a" / "model")
+    tiny_reconstructor(seed=1).save_pretrained(root / "b" / "model")
+    return root
+
+
+class TinyFeatures(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, 4, 3, stride=2)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x)).mean(dim=(2, 3))
+
+
+class StandInLPIPS(torch.nn.Module):
+    def forward(self, a, b):
+        return (a - b).abs().mean(dim=(1, 2, 3))
+
+
+def test_evaluate_phantoms_writes_every_output(models, tmp_path, monkeypatch, capsys):
+    fid_net = tmp_path / "features.pt"
+    torch.jit.script(TinyFeatures()).save(str(fid_net))
+    monkeypatch.setattr(evaluate, "load_lpips", lambda device="cpu": (StandInLPIPS(), "ok"))
+    out = tmp_path / "out"
+    summary = evaluate.main([
+        "--model", str(models / "a" / "model"), "--model", f"second={models / 'b' / 'model'}",
+        "--autoencoder", str(models / "a" / "model" / "autoencoder"), "--baseline", "mean-ct",
+        "--phantoms", "2", "--n-train-mean", "2", "--batch-size", "2", "--steps", "2",
+        "--sampler", "ddim", "--fid-net", str(fid_net), "--fid-slices", "4",
+        "--lpips-slices", "2", "--out", str(out), "--no-progress",
+    ])
+    saved = json.loads((out / "summary.json").read_text())
+    for key in ("created", "command", "git", "device", "memory", "seed", "settings", "rows",
+                "unavailable", "figures"):
+        assert key in saved, key
+    s = saved["settings"]
+    assert (s["sampler"], s["steps"], s["num_samples"], s["batch_size"]) == ("ddim", 2, 1, 2)
+    assert s["data"] == {"kind": "phantoms", "n": 2, "seed": 90000, "region": "lumbar"}
+    assert set(saved["git"]) == {"commit", "dirty"}
+    assert saved["unavailable"] == {}  # LPIPS stood in, FID had its network
+    names = [r["name"] for r in saved["rows"]]
+    assert names == ["a", "second", "a autoencoder", "mean-ct"]
+    for row in saved["rows"]:
+        assert row["cases"] == 2
+        for key in CASE_KEYS:
+            stat = row["metrics"][key]
+            assert stat["n"] == 2 and math.isfinite(stat["mean"]) and math.isfinite(stat["std"])
+        for key in ("fid", "seconds_per_volume", "peak_memory_mb"):
+            assert math.isfinite(row[key]), (row["name"], key)
+        assert row["fid"] >= 0 and row["fid_slices"] == 2 * 3 * 4 and row["fid_features"] == 4
+    by_name = {r["name"]: r for r in saved["rows"]}
+    assert by_name["a"]["settings"] == {"sampler": "ddim", "steps": 2, "guidance_scale": 1.0,
+                                        "num_samples": 1}
+    # different weights, different reconstructions
+    assert by_name["a"]["metrics"]["mae_hu"] != by_name["second"]["metrics"]["mae_hu"]
+    assert by_name["mean-ct"]["averaged"] == {"phantom_seeds": [0, 1]}
+    assert summary["rows"][0]["metrics"]["psnr_3d"]["mean"] == pytest.approx(
+        by_name["a"]["metrics"]["psnr_3d"]["mean"])
+
+    with open(out / "cases.csv") as f:
+        lines = list(csv.DictReader(f))
+    assert len(lines) == 4 * 2
+    assert {(r["method"], r["case"]) for r in lines} == {
+        (n, c) for n in names for c in ("phantom_90000", "phantom_90001")}
+    assert all(math.isfinite(float(r["psnr_3d_spine"])) for r in lines)
+    table = (out / "table.md").read_text()
+    header = table.splitlines()[0]
+    assert header.startswith("| method | n | MAE HU |") and "| FID |" in header
+    assert "| LPIPS |" in header
+    for n in names:
+        assert f"| {n} | 2 |" in table
+        assert (out / "figures" / f"{n.replace(' ', '_')}.png").stat().st_size > 0
+    assert "| mean-ct | 2 |" in capsys.readouterr().out
+
+
+def test_evaluate_a_folder_of_cts(models, tmp_path):
+    from x2ct.data.phantom import main as write_phantoms
+
+    write_phantoms(["--n", "2", "--out", str(tmp_path / "test"), "--shape", "16",
+                    "--spacing", "8", "--seed", "500"])
+    write_phantoms(["--n", "2", "--out", str(tmp_path / "train"), "--shape", "16",
+                    "--spacing", "8", "--seed", "600"])
+    out = tmp_path / "out"
+    evaluate.main(["--autoencoder", f"ae={models / 'a' / 'model' / 'autoencoder'}",
+                   "--baseline", "mean-ct", "--data", str(tmp_path / "test"), "--split", "all",
+                   "--train-data", str(tmp_path / "train"), "--cache-dir", str(tmp_path / "c"),
+                   "--fid-net", "none", "--no-lpips", "--shape", "16", "16", "16",
+                   "--out", str(out), "--no-progress"])
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["settings"]["data"]["ids"] == ["phantom_0500", "phantom_0501"]
+    assert "fid" in saved["unavailable"] and "lpips" in saved["unavailable"]
+    for row in saved["rows"]:
+        assert "fid" not in row
+        assert math.isfinite(row["metrics"]["dice_vertebra_mean"]["mean"])  # masks were found
+    header = (out / "table.md").read_text().splitlines()[0]
+    assert "FID" not in header and "LPIPS" not in header
+    assert "FID left out: --fid-net none" in (out / "table.md").read_text()
+    mean_row = saved["rows"][1]
+    assert mean_row["averaged"]["cases"] == ["phantom_0600", "phantom_0601"]
+
+
+def test_clear_errors_before_any_work(models, tmp_path):
+    out = tmp_path / "out"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no CTs here")
+    with pytest.raises(SystemExit, match="no CT volumes found"):
+        evaluate.main(["--model", str(models / "a" / "model"), "--data", str(empty),
+                       "--out", str(out)])
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes(b"")
+    with pytest.raises(SystemExit, match="config.json"):
+        evaluate.main(["--model", str(broken), "--phantoms", "1", "--out", str(out)])
+    with pytest.raises(SystemExit, match="model folder not found"):
+        evaluate.main(["--autoencoder", str(tmp_path / "nowhere"), "--phantoms", "1",
+                       "--out", str(out)])
+    with pytest.raises(SystemExit, match="overlap"):
+        evaluate.main(["--baseline", "mean-ct", "--phantoms", "2", "--phantom-seed", "3",
+                       "--out", str(out)])
+    with pytest.raises(SystemExit):  # argparse: nothing to evaluate
+        evaluate.main(["--phantoms", "1", "--out", str(out)])
+    assert not out.exists()  # nothing was written
+
+
+def test_perfect_cases_give_inf_in_the_table_and_valid_json():
+    rows = [{"psnr_3d": float("inf"), "ssim_3d": 1.0, "psnr_3d_spine": float("nan")},
+            {"psnr_3d": 30.0, "ssim_3d": 0.5, "psnr_3d_spine": 20.0}]
+    stats = evaluate.summarise(rows)
+    assert stats["psnr_3d"]["mean"] == float("inf")
+    # sample standard deviation of (1, 0.5): 0.5 / sqrt(2)
+    assert stats["ssim_3d"] == {"mean": 0.75, "std": pytest.approx(0.5 / 2**0.5), "n": 2}
+    assert stats["psnr_3d_spine"] == {"mean": 20.0, "std": 0.0, "n": 1}  # nan left out
+    summary = {"rows": [{"name": "m", "cases": 2, "metrics": stats, "seconds_per_volume": 1.0,
+                         "peak_memory_mb": None}],
+               "settings": {"cases": 2, "data": {"kind": "phantoms"}, "hu_window": [-1000, 2000],
+                            "bone_hu": 250, "spine_margin_mm": 5, "batch_size": 1},
+               "device": "cpu", "memory": "peak MB: ..."}
+    table = evaluate.markdown_table(summary)
+    assert table.splitlines()[0].startswith("| method | n | PSNR 3D dB | SSIM 3D |")
+    assert "| m | 2 | inf | 0.7500 ± 0.3536 | 20.00 |" in table
+    text = json.dumps(evaluate._jsonable(summary), allow_nan=False)
+    assert json.loads(text)["rows"][0]["metrics"]["psnr_3d"]["mean"] == "inf"

@@ -1,0 +1,164 @@
+"""eval/reconstruct.py end to end on a tiny random pipeline: from a CT, from two PNGs,
+phantom evaluation, benchmark, and the errors raised before any compute."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from latent_helpers import CT_SHAPE, SPACING, one_thread, tiny_reconstructor  # noqa: F401
+
+from x2ct.data import load_ct, save_ct, save_xray_png, spine_phantom
+from x2ct.eval.reconstruct import main
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tiny_reconstructor().save_pretrained(tmp_path_factory.mktemp("model") / "model")
+
+
+@pytest.fixture(scope="module")
+def ct_path(tmp_path_factory):
+    """A phantom CT at another spacing and size than the model's (resampled on input)."""
+    ph = spine_phantom((20, 20, 24), (6.0, 6.0, 6.0), seed=7)
+    return save_ct(tmp_path_factory.mktemp("ct") / "case_ct.nii.gz", ph.hu, spacing=ph.spacing)
+
+
+def test_from_ct_writes_volume_uncertainty_figure_and_scores(tmp_path, model_dir, ct_path, capsys):
+    out = tmp_path / "out"
+    result = main(
+        [
+            "--model",
+            str(model_dir),
+            "--ct",
+            str(ct_path),
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--num-samples",
+            "2",
+            "--seed",
+            "1",
+        ]
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "ct.nii.gz",
+        "metrics.json",
+        "reconstruction.png",
+        "std.nii.gz",
+    ]
+    ct = load_ct(out / "ct.nii.gz")
+    assert ct.hu.shape == CT_SHAPE and ct.spacing == pytest.approx(SPACING)
+    assert float(load_ct(out / "std.nii.gz").hu.max()) > 0
+    saved = json.loads((out / "metrics.json").read_text())
+    for k in ("psnr", "ssim", "mae_hu", "projection_error"):
+        assert np.isfinite(saved[k]) and saved[k] == pytest.approx(result[k])
+    assert "PSNR" in capsys.readouterr().out
+
+
+def test_from_two_pngs_resizes_with_a_warning(tmp_path, model_dir):
+    views = torch.rand(2, 20, 20, generator=torch.Generator().manual_seed(0)) * 0.4
+    ap = save_xray_png(tmp_path / "ap.png", views[0])
+    lat = save_xray_png(tmp_path / "lateral.png", views[1])
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match="resized"):
+        main(
+            [
+                "--model",
+                str(model_dir),
+                "--ap",
+                str(ap),
+                "--lateral",
+                str(lat),
+                "--out",
+                str(out),
+                "--steps",
+                "2",
+                "--sampler",
+                "rflow",
+            ]
+        )
+    assert sorted(p.name for p in out.iterdir()) == ["ct.nii.gz", "reconstruction.png"]
+    assert load_ct(out / "ct.nii.gz").hu.shape == CT_SHAPE
+
+
+def test_declared_geometry_must_match(tmp_path, model_dir):
+    from x2ct.diffusion import Reconstructor
+
+    geometry = Reconstructor.from_pretrained(model_dir).geometry.to_dict()
+    ap = save_xray_png(tmp_path / "ap.png", np.full((16, 16), 0.2))
+    lat = save_xray_png(tmp_path / "lateral.png", np.full((16, 16), 0.2))
+    other = {**geometry, "sdd": geometry["sdd"] + 100.0}
+    (tmp_path / "geometry.json").write_text(json.dumps({"geometry": other, "step": 0.5}))
+    args = [
+        "--model",
+        str(model_dir),
+        "--ap",
+        str(ap),
+        "--lateral",
+        str(lat),
+        "--out",
+        str(tmp_path / "out"),
+        "--steps",
+        "2",
+    ]
+    with pytest.raises(SystemExit, match="allow-geometry-mismatch"):
+        main(args)
+    assert not (tmp_path / "out").exists()
+    main(args + ["--allow-geometry-mismatch"])
+    assert (tmp_path / "out" / "ct.nii.gz").is_file()
+
+
+def test_errors_come_before_any_compute(tmp_path, model_dir, ct_path):
+    ap = save_xray_png(tmp_path / "ap.png", np.zeros((16, 16)))
+    out = ["--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit):  # argparse: a missing view
+        main(["--model", str(model_dir), "--ap", str(ap), *out])
+    bad = tmp_path / "lateral.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(SystemExit, match="cannot read"):
+        main(["--model", str(model_dir), "--ap", str(ap), "--lateral", str(bad), *out])
+    with pytest.raises(SystemExit, match="no such file"):
+        main(
+            ["--model", str(model_dir), "--ap", str(ap), "--lateral", str(tmp_path / "x.png"), *out]
+        )
+    empty = tmp_path / "empty_model"
+    empty.mkdir()
+    with pytest.raises(SystemExit, match="config.json"):
+        main(["--model", str(empty), "--ct", str(ct_path), *out])
+    assert not (tmp_path / "out").exists()
+
+
+def test_phantom_evaluation_and_benchmark(tmp_path, model_dir):
+    result = main(
+        [
+            "--model",
+            str(model_dir),
+            "--phantoms",
+            "2",
+            "--n-train-mean",
+            "2",
+            "--out",
+            str(tmp_path / "eval"),
+            "--steps",
+            "2",
+        ]
+    )
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert len(saved["cases"]) == 2 and saved["cases"][0]["id"] == "phantom_20000"
+    assert set(saved["baselines"]) == {"mean_training_ct", "autoencoder_roundtrip"}
+    assert saved["mean"]["psnr"] == pytest.approx(result["mean"]["psnr"])
+    assert len(list((tmp_path / "eval" / "figures").glob("*.png"))) == 2
+    bench = main(
+        ["--model", str(model_dir), "--benchmark", "1", "2", "--out", str(tmp_path / "bench")]
+    )
+    rows = bench["rows"]
+    assert [(r["sampler"], r["steps"]) for r in rows] == [
+        ("ddim", 1),
+        ("ddim", 2),
+        ("rflow", 1),
+        ("rflow", 2),
+    ]
+    assert all(r["seconds_per_volume"] > 0 for r in rows)
+    assert (tmp_path / "bench" / "benchmark.json").is_file()

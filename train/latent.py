@@ -1,0 +1,541 @@
+"""Train the conditional latent diffusion model (stage two of x2ct).
+
+    accelerate launch train/latent.py                       # the default: minutes on a CPU
+    accelerate launch train/latent.py --run-dir runs/ldm --n-train 256 --max-minutes 120
+    python train/latent.py --config base --batch-size 16 --max-steps 50000 --mixed-precision bf16
+
+With no arguments: synthetic spine phantoms, the repository's autoencoder
+(models/ae-kl-tiny), the "tiny" model, 5 minutes of training, into runs/latent.
+
+Data: training phantoms (seeds seed..seed+n_train-1) and validation phantoms (seeds
+10_000 + seed + i) at the autoencoder's spacing, with their AP and lateral X-rays from
+x2ct.data.PhantomDataset (its default geometry, recorded in the model). The frozen
+autoencoder encodes the training CTs once; latents and X-rays are cached in
+RUN/latent_cache.safetensors (rebuilt if the autoencoder or the data change).
+
+Each step draws a batch whose order and noise are functions of (seed, step, rank) only
+(train/sampling.py), so rerunning the same command resumes from RUN/checkpoints exactly
+where it stopped (step, optimiser, EMA, LR schedule, RNG). Every --val-every steps the EMA
+model reconstructs the validation cases from their X-rays: PSNR, SSIM, MAE (HU) and
+projection error go to TensorBoard and the log, a figure to RUN/figures. At the end the
+EMA pipeline is saved with save_pretrained to RUN/model (denoiser, X-ray encoder, geometry,
+sampler defaults and a copy of the autoencoder) and RUN/metrics.json is written.
+
+Run folder: args.json, latent_cache.safetensors, checkpoints/step_*/, logs/ (TensorBoard),
+figures/val_step_*.png, model/, metrics.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import ConcatDataset, Dataset
+from tqdm.auto import tqdm
+
+from x2ct.autoencoder import CTAutoencoder
+from x2ct.data import PhantomDataset, default_geometry, unit_to_hu
+from x2ct.diffusion import (
+    LATENT_DIFFUSION_CONFIGS,
+    DiffusionLoss,
+    LatentDenoiser,
+    ProjectionLoss,
+    Reconstructor,
+    get_config,
+)
+from x2ct.eval.reconstruct import (
+    mean_scores,
+    peak_memory_mb,
+    reconstruction_figure,
+    save_png,
+    score,
+)
+from x2ct.fileio import atomic_path
+from x2ct.projector import DRR_SCALE
+from x2ct.train.checkpoint import resume_latest, save_checkpoint
+from x2ct.train.ema import EMA
+from x2ct.train.run import Deadline, RunDir, StepCounter, build_accelerator, save_args
+from x2ct.train.sampling import batch_indices, make_generator
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_AUTOENCODER = REPO / "models" / "ae-kl-tiny"
+VAL_SEED_OFFSET = 10_000  # validation phantom seeds: 10_000 + seed + i
+# Arguments that may change between the runs of one run folder (the rest must not).
+RESUMABLE = {
+    "max_steps",
+    "max_minutes",
+    "val_every",
+    "save_every",
+    "log_every",
+    "keep",
+    "stop_after_steps",
+    "no_tensorboard",
+    "val_steps",
+    "argv",
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--config", default="tiny", choices=sorted(LATENT_DIFFUSION_CONFIGS))
+    p.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override LatentDiffusionConfig fields, VALUE in JSON "
+        "(e.g. unet_channels=[16,32] projection_weight=0)",
+    )
+    p.add_argument(
+        "--no-geometry-aware",
+        action="store_true",
+        help="ablation: cross-attention only, no back-projected features",
+    )
+    p.add_argument(
+        "--projection-weight",
+        type=float,
+        default=None,
+        help="projection loss weight (0: off, the ablation); default: the config's",
+    )
+    p.add_argument(
+        "--projection-samples",
+        type=int,
+        default=1,
+        help="samples per batch rendered for the projection loss, those of largest timestep "
+        "weight (0: all; rendering dominates a CPU step)",
+    )
+    p.add_argument(
+        "--autoencoder",
+        default=str(DEFAULT_AUTOENCODER),
+        help="frozen autoencoder folder (CTAutoencoder.save_pretrained)",
+    )
+    p.add_argument("--run-dir", default="runs/latent")
+    p.add_argument("--n-train", type=int, default=32, help="training phantoms")
+    p.add_argument("--n-val", type=int, default=4, help="validation phantoms")
+    p.add_argument("--shape", type=int, nargs=3, default=(64, 64, 64), help="phantom voxels")
+    p.add_argument(
+        "--regions",
+        nargs="+",
+        default=["lumbar"],
+        help="phantom regions, assigned to seeds in turn (seed %% len), as train/autoencoder.py",
+    )
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--warmup", type=int, default=100, help="linear LR warm-up steps")
+    p.add_argument(
+        "--schedule",
+        choices=("constant", "cosine"),
+        default="constant",
+        help="cosine decays to 10%% of --lr at --max-steps",
+    )
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--max-steps", type=int, default=100_000)
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=5.0,
+        help="wall-clock budget of this invocation (0: none)",
+    )
+    p.add_argument("--save-every", type=int, default=250)
+    p.add_argument("--keep", type=int, default=3, help="checkpoints kept")
+    p.add_argument("--val-every", type=int, default=250)
+    p.add_argument("--val-steps", type=int, default=25, help="DDIM steps of validation samples")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument(
+        "--stop-after-steps", type=int, default=None, help=argparse.SUPPRESS
+    )  # tests: return after this many steps, like a kill
+    p.add_argument("--no-tensorboard", action="store_true")
+    args = p.parse_args(argv)
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        args.max_minutes = None
+    return args
+
+
+def config_overrides(args) -> dict:
+    """LatentDiffusionConfig fields from --set KEY=VALUE and the switches."""
+    out = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set takes KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value  # a bare string, e.g. prediction_type=epsilon
+    if args.no_geometry_aware:
+        out["geometry_aware"] = False
+    if args.projection_weight is not None:
+        out["projection_weight"] = args.projection_weight
+    return out
+
+
+def check_resume_args(run: RunDir, args: dict) -> None:
+    """A run folder continues only the run it was made for."""
+    if not run.args_json.is_file():
+        return
+    before = json.loads(run.args_json.read_text())
+    changed = {
+        k: (before.get(k), v)
+        for k, v in args.items()
+        if k not in RESUMABLE and json.loads(json.dumps(v)) != before.get(k)
+    }
+    if changed:
+        detail = ", ".join(
+            f"--{k.replace('_', '-')} {a!r} -> {b!r}" for k, (a, b) in changed.items()
+        )
+        raise SystemExit(
+            f"{run.root} holds a run with other settings ({detail}); "
+            "use another --run-dir, or the same settings to resume it"
+        )
+
+
+def weights_checksum(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def phantoms(seeds: list[int], regions: list[str], **kw) -> Dataset | list:
+    """Phantom cases for ``seeds``; seed s is drawn in region ``regions[s % len(regions)]``."""
+    parts = [
+        PhantomDataset(1, seed=s, region=regions[s % len(regions)], cache_size=0, **kw)
+        for s in seeds
+    ]
+    return ConcatDataset(parts) if parts else []
+
+
+def lr_lambda(args):
+    def f(step: int) -> float:
+        warm = min(1.0, (step + 1) / max(args.warmup, 1))
+        if args.schedule == "constant":
+            return warm
+        t = min(step / max(args.max_steps, 1), 1.0)
+        return warm * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+    return f
+
+
+@torch.no_grad()
+def encode_dataset(dataset, autoencoder, device, desc: str, show: bool) -> dict[str, torch.Tensor]:
+    """Latents (N, C, x, y, z) and X-rays (N, V, H, W) of every case."""
+    latents, xrays = [], []
+    for i in tqdm(range(len(dataset)), desc=desc, disable=not show, leave=False):
+        item = dataset[i]
+        latents.append(autoencoder.encode(item["ct"][None].to(device)).cpu())
+        xrays.append(item["xrays"][None])
+    return {"latents": torch.cat(latents).contiguous(), "xrays": torch.cat(xrays).contiguous()}
+
+
+def load_latent_cache(accelerator, path: Path, key: str, build) -> dict[str, torch.Tensor]:
+    """The cache at ``path`` if it was made with ``key``; else the main process builds and
+    writes it (atomically) while the others wait, then everyone reads it."""
+
+    def valid() -> bool:
+        if not path.is_file():
+            return False
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            return (f.metadata() or {}).get("key") == key
+
+    if accelerator.is_main_process and not valid():
+        tensors = build()
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"key": key})
+    accelerator.wait_for_everyone()
+    return load_file(str(path))
+
+
+@torch.no_grad()
+def validate(recon: Reconstructor, val: list[dict], steps: int, seed: int):
+    """Reconstruct the validation cases (DDIM, ``steps``); mean scores and the first
+    case's figure inputs."""
+    window = recon.autoencoder.config.hu_window
+    xrays = torch.stack([v["xrays"] for v in val])
+    out = recon(xrays, sampler="ddim", steps=steps, generator=torch.Generator().manual_seed(seed))
+    rows = []
+    for i, v in enumerate(val):
+        gt_hu = unit_to_hu(v["ct"], window)
+        rows.append(score(recon, out.hu[i], gt_hu, v["xrays"]))
+    first = (xrays[0], out.hu[0], unit_to_hu(val[0]["ct"], window))
+    return mean_scores(rows), first
+
+
+def check_autoencoder(directory: str) -> None:
+    """A clear error, before anything starts, when the autoencoder folder is not there."""
+    ok = all((Path(directory) / name).is_file() for name in ("config.json", "model.safetensors"))
+    if not ok:
+        raise SystemExit(
+            f"no trained autoencoder at {directory} (config.json + model.safetensors): train "
+            "one first (python train/autoencoder.py --run-dir runs/ae, then use runs/ae/model) "
+            "and pass --autoencoder DIR, or put it at models/ae-kl-tiny"
+        )
+
+
+def use_cpu_processes() -> None:
+    """``accelerate launch --multi_gpu --num_processes N`` on a machine without CUDA starts
+    N processes, but Accelerate then gives each a single-process state and they would train
+    apart, each on the same batches. Ask for CPU data parallelism (gloo) instead."""
+    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+
+
+def main(argv=None) -> Path:
+    args = parse_args(argv)
+    run = RunDir(Path(args.run_dir))
+    record = {**vars(args), "argv": sys.argv if argv is None else list(argv)}
+    check_resume_args(run, record)
+    check_autoencoder(args.autoencoder)
+    use_cpu_processes()
+    accelerator = build_accelerator(
+        run,
+        args.seed,
+        args.mixed_precision,
+        args.grad_accum,
+        log_with=None if args.no_tensorboard else "tensorboard",
+        project_name="latent",
+        config=vars(args),
+    )
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    if accelerator.is_local_main_process:  # say which attention and projector backends ran
+        log = logging.getLogger("x2ct")
+        log.setLevel(logging.INFO)
+        log.addHandler(logging.StreamHandler())
+    if accelerator.is_main_process:
+        save_args(run, record)
+
+    # ---- frozen autoencoder: out of accelerator.prepare (DDP refuses a module with nothing
+    # to train), on the device
+    autoencoder = CTAutoencoder.from_pretrained(args.autoencoder).to(device).requires_grad_(False)
+    ae_config = autoencoder.config
+
+    # ---- data: phantoms at the autoencoder's spacing, X-rays in the datasets' geometry
+    geometry = default_geometry(args.shape, ae_config.spacing)
+    data_kw = dict(
+        shape=tuple(args.shape),
+        spacing=ae_config.spacing,
+        geometry=geometry,
+        window=ae_config.hu_window,
+        xray_scale=DRR_SCALE,
+    )
+    train_seeds = list(range(args.seed, args.seed + args.n_train))
+    train_set = phantoms(train_seeds, args.regions, **data_kw)
+    val_seeds = [VAL_SEED_OFFSET + args.seed + i for i in range(args.n_val)]
+    val_set = phantoms(val_seeds, args.regions, **data_kw)
+    cache_key = hashlib.sha256(
+        json.dumps(
+            {
+                "autoencoder": weights_checksum(autoencoder),
+                "ae_config": ae_config.to_dict(),
+                "seeds": train_seeds,
+                "regions": args.regions,
+                "data": {k: str(v) for k, v in data_kw.items()},
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
+    cache = load_latent_cache(
+        accelerator,
+        run.root / "latent_cache.safetensors",
+        cache_key,
+        lambda: encode_dataset(
+            train_set, autoencoder, device, "encoding phantoms", accelerator.is_local_main_process
+        ),
+    )
+    latents, xrays = cache["latents"], cache["xrays"]
+    val = [val_set[i] for i in range(len(val_set))]
+    n_train = len(latents)
+
+    # ---- model, EMA, loss, optimiser
+    config = get_config(
+        args.config,
+        latent_channels=ae_config.latent_channels,
+        latent_size=tuple(latents.shape[2:]),
+        ct_spacing=ae_config.spacing,
+        downsample_factor=ae_config.downsample_factor,
+        geometry=geometry.to_dict(),
+        xray_scale=DRR_SCALE,
+        **config_overrides(args),
+    )
+    model = LatentDenoiser(config)
+    ema = EMA(model, args.ema_decay)
+    projection = ProjectionLoss(
+        autoencoder,
+        geometry,
+        config.ct_shape,
+        config.xray_scale,
+        config.projection_step,
+        config.projection_weighting,
+    )
+    loss_fn = DiffusionLoss(config, projection, args.projection_samples)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args))
+    counter = StepCounter()
+    model, optimizer = accelerator.prepare(model, optimizer)
+    ema.model.to(device)
+    # registered rather than prepared: prepared, the scheduler would step once per process
+    accelerator.register_for_checkpointing(scheduler, ema, counter)
+    resumed = resume_latest(accelerator, run.checkpoints)
+    n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
+    accelerator.print(
+        f"latent diffusion '{args.config}': {n_params / 1e6:.2f} M parameters, latents "
+        f"{tuple(latents.shape[1:])}, X-rays {tuple(xrays.shape[1:])}, {n_train} training cases, "
+        f"geometry-aware {config.geometry_aware}, projection loss {config.projection_weight}"
+        + (f"; resumed from {resumed.name} at step {counter.step}" if resumed else "")
+    )
+
+    tb = None
+    if accelerator.is_main_process and not args.no_tensorboard:
+        tb = accelerator.get_tracker("tensorboard", unwrap=True)
+
+    def validation(step: int) -> dict:
+        recon = Reconstructor(ema.model, autoencoder)
+        scores, (xr, pred_hu, gt_hu) = validate(recon, val, args.val_steps, args.seed)
+        accelerator.log({f"val/{k}": v for k, v in scores.items()}, step=step)
+        accelerator.print(
+            f"step {step}: val psnr {scores['psnr']:.2f} dB, "
+            f"ssim {scores['ssim']:.4f}, mae {scores['mae_hu']:.1f} HU, "
+            f"projection {scores['projection_error']:.4f}"
+        )
+        fig = reconstruction_figure(
+            xr,
+            pred_hu,
+            recon.simulate_xrays(pred_hu[None].to(device)),
+            gt_hu,
+            None,
+            ae_config.hu_window,
+            f"step {step} (EMA, DDIM {args.val_steps}): PSNR {scores['psnr']:.2f} dB",
+            geometry.angles,
+        )
+        if tb is not None:
+            tb.add_figure("val/reconstruction", fig, global_step=step, close=False)
+        save_png(fig, run.figures / f"val_step_{step:07d}.png")
+        return scores
+
+    # ---- loop
+    deadline = Deadline(args.max_minutes)
+    bar = tqdm(
+        total=args.max_steps,
+        initial=counter.step,
+        dynamic_ncols=True,
+        disable=not accelerator.is_local_main_process,
+        desc="latent diffusion",
+    )
+    steps_this_run, skipped, t_start = 0, 0, time.monotonic()
+    model.train()
+    while counter.step < args.max_steps and not deadline.passed():
+        step = counter.step
+        logs = {}
+        for k in range(args.grad_accum):
+            micro = step * args.grad_accum + k
+            idx = batch_indices(n_train, args.batch_size, args.seed, micro, rank, world)
+            z0, xr = latents[idx].to(device), xrays[idx].to(device)
+            gen = make_generator(args.seed, micro, rank)
+            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))  # t, noise, drop
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    terms = loss_fn(model, z0, xr)
+                loss = DiffusionLoss.total(terms)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    max_norm = args.grad_clip if args.grad_clip > 0 else math.inf
+                    norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+                    if not torch.isfinite(norm):  # the same on every rank (reduced grads)
+                        optimizer.zero_grad(set_to_none=True)  # skip this update
+                        skipped += 1
+                        if skipped == 1:
+                            accelerator.print(
+                                f"step {step + 1}: non-finite gradients, update skipped "
+                                "(counted in train/skipped_updates)"
+                            )
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            for name, v in terms.items():
+                logs[f"train/{name}"] = (
+                    logs.get(f"train/{name}", 0.0) + float(v.detach()) / args.grad_accum
+                )
+        scheduler.step()
+        counter.step += 1
+        steps_this_run += 1
+        ema.update(accelerator.unwrap_model(model))
+        bar.update(1)
+        step = counter.step
+
+        if step % args.log_every == 0 or step == 1:
+            logs["train/loss"] = logs["train/diffusion"] + logs.get("train/projection", 0.0)
+            logs["train/lr"] = scheduler.get_last_lr()[0]
+            seen = steps_this_run * args.batch_size * args.grad_accum * world
+            logs["train/samples_per_s"] = seen / max(time.monotonic() - t_start, 1e-9)
+            logs["train/skipped_updates"] = skipped
+            memory = peak_memory_mb(device)
+            if memory is not None:
+                logs["train/peak_memory_mb"] = memory
+            bar.set_postfix(loss=f"{logs['train/loss']:.4f}", diff=f"{logs['train/diffusion']:.4f}")
+            accelerator.log(logs, step=step)
+        if args.n_val > 0 and step % args.val_every == 0:
+            if accelerator.is_main_process:
+                validation(step)
+            accelerator.wait_for_everyone()
+        if step % args.save_every == 0:
+            save_checkpoint(accelerator, run.checkpoints, step, keep=args.keep)
+        if args.stop_after_steps is not None and steps_this_run >= args.stop_after_steps:
+            bar.close()
+            accelerator.end_training()
+            return run.root  # as if killed here: no final checkpoint, no final model
+    bar.close()
+    if counter.step % args.save_every != 0:
+        save_checkpoint(accelerator, run.checkpoints, counter.step, keep=args.keep)
+
+    # ---- final pipeline (EMA weights), final validation and metrics
+    (run.root / f"weights_rank{rank}.sha256").write_text(
+        weights_checksum(accelerator.unwrap_model(model))
+        + "\n"
+        + weights_checksum(ema.model)
+        + "\n"
+    )
+    if accelerator.is_main_process:
+        Reconstructor(ema.model, autoencoder).save_pretrained(run.model)
+        metrics = {
+            "step": counter.step,
+            "seconds_this_run": time.monotonic() - t_start,
+            "config": args.config,
+            "parameters": n_params,
+        }
+        if args.n_val > 0:
+            metrics["val"] = validation(counter.step)
+        with atomic_path(run.root / "metrics.json") as tmp:
+            tmp.write_text(json.dumps(metrics, indent=2))
+        accelerator.print(
+            f"step {counter.step}: saved {run.model} and {run.root / 'metrics.json'}\n"
+            f"reconstruct:  python eval/reconstruct.py --model {run.model} "
+            "--ap AP.png --lateral LAT.png --out OUT\n"
+            f"evaluate:     python eval/reconstruct.py --model {run.model} --phantoms 20 "
+            "--out OUT\n"
+            "continue:     rerun the same command (resumes from the last checkpoint)"
+        )
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return run.model
+
+
+if __name__ == "__main__":
+    main()
