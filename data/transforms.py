@@ -86,42 +86,37 @@ def unit_to_hu(x, window: Sequence[float] = HU_WINDOW):
     return (x * r + c).astype(x.dtype, copy=False)
 
 
-class HUToUnitd(MapTransform):
+class _WindowMapd(MapTransform):
+    """Apply ``self.fn(value, window)`` to each key: the HU window maps below."""
+
+    fn = staticmethod(hu_to_unit)
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        window: Sequence[float] = HU_WINDOW,
+        allow_missing_keys: bool = False,
+    ):
+        super().__init__(keys, allow_missing_keys)
+        self.window = _check_window(window)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.fn(d[key], self.window)
+        return d
+
+
+class HUToUnitd(_WindowMapd):
     """Dictionary :func:`hu_to_unit` (metadata of a MetaTensor is kept)."""
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        window: Sequence[float] = HU_WINDOW,
-        allow_missing_keys: bool = False,
-    ):
-        super().__init__(keys, allow_missing_keys)
-        self.window = _check_window(window)
-
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = hu_to_unit(d[key], self.window)
-        return d
+    fn = staticmethod(hu_to_unit)
 
 
-class UnitToHUd(MapTransform):
+class UnitToHUd(_WindowMapd):
     """Dictionary :func:`unit_to_hu`."""
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        window: Sequence[float] = HU_WINDOW,
-        allow_missing_keys: bool = False,
-    ):
-        super().__init__(keys, allow_missing_keys)
-        self.window = _check_window(window)
-
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = unit_to_hu(d[key], self.window)
-        return d
+    fn = staticmethod(unit_to_hu)
 
 
 class LoadCTd(MapTransform):

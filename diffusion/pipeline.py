@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -73,6 +75,22 @@ def check_pipeline_dir(directory: str | os.PathLike) -> Path:
     if not (ae / CONFIG_NAME).is_file() or not (ae / WEIGHTS_NAME).is_file():
         raise FileNotFoundError(f"{directory} has no complete {AUTOENCODER_DIR}/ subfolder")
     return directory
+
+
+@contextmanager
+def _stage(timings: dict | None, name: str, device: torch.device):
+    """Add the block's seconds to ``timings[name]`` (CUDA synchronised at both ends);
+    nothing when ``timings`` is None."""
+    if timings is None:
+        yield
+        return
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    yield
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
 
 
 class Reconstructor:
@@ -185,6 +203,7 @@ class Reconstructor:
         geometry: Geometry | dict | None = None,
         allow_geometry_mismatch: bool = False,
         progress: bool = False,
+        timings: dict[str, float] | None = None,
     ) -> Reconstruction:
         """Reconstruct CT from X-rays (B, V, H, W) (normalised, as datasets yield them).
 
@@ -199,6 +218,10 @@ class Reconstructor:
             batch_size: latents denoised at once (default: all B * num_samples).
             geometry: the geometry the X-rays were taken with, if known; refused when it is
                 not the model's unless ``allow_geometry_mismatch``.
+            timings: a dict to fill with the seconds of each stage of this call (summed
+                over batches; CUDA synchronised around each): "encode" (X-ray encoder and
+                back-projection), "sample" (starting noise and the sampler's loop),
+                "decode" (autoencoder decoding to HU). None: no synchronisation added.
         """
         sampler = self.config.sampler if sampler is None else sampler
         steps = self.config.sampler_steps if steps is None else int(steps)
@@ -215,27 +238,31 @@ class Reconstructor:
         total = b * n
         batch_size = total if batch_size is None else max(1, int(batch_size))
         c = self.config
-        # all starting noise drawn up front on the generator's device, case-major
-        gen_device = generator.device if generator is not None else "cpu"
-        noise = torch.randn(
-            total, c.latent_channels, *c.latent_size, generator=generator, device=gen_device
-        ).to(device)
-        cond = self.denoiser.condition(xrays.to(device, torch.float32)).repeat(n)
+        with _stage(timings, "sample", device):
+            # all starting noise drawn up front on the generator's device, case-major
+            gen_device = generator.device if generator is not None else "cpu"
+            noise = torch.randn(
+                total, c.latent_channels, *c.latent_size, generator=generator, device=gen_device
+            ).to(device)
+        with _stage(timings, "encode", device):
+            cond = self.denoiser.condition(xrays.to(device, torch.float32)).repeat(n)
         latents, hus = [], []
         for start in range(0, total, batch_size):
             idx = slice(start, min(start + batch_size, total))
-            model_fn = self.denoiser.guided(cond.select(idx), scale)
-            z = sample(
-                sampler,
-                model_fn,
-                noise[idx],
-                self.denoiser.schedule,
-                steps,
-                generator=generator,
-                progress=progress,
-            )
-            x = self.autoencoder.decode(z, shape=self.shape)
-            hus.append(self.autoencoder.output_to_hu(x).float())
+            with _stage(timings, "sample", device):
+                model_fn = self.denoiser.guided(cond.select(idx), scale)
+                z = sample(
+                    sampler,
+                    model_fn,
+                    noise[idx],
+                    self.denoiser.schedule,
+                    steps,
+                    generator=generator,
+                    progress=progress,
+                )
+            with _stage(timings, "decode", device):
+                x = self.autoencoder.decode(z, shape=self.shape)
+                hus.append(self.autoencoder.output_to_hu(x).float())
             latents.append(z)
         hu = torch.cat(hus).reshape(b, n, 1, *self.shape)
         latent = torch.cat(latents).reshape(b, n, c.latent_channels, *c.latent_size)

@@ -137,6 +137,26 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", type=Path, help="also draw seconds and memory (PNG, PDF, SVG)")
 
 
+def _report_pipeline(args, name: str, cases, table_md: str, setting: dict, series_of,
+                     xlabel: str, plot_title: str) -> int:
+    """Print the markdown table; with --json and --plot write the cases (as benchmark
+    ``name``) and their plot. ``series_of(case)`` -> (series name, (x, seconds, peak MB))."""
+    print(table_md)
+    if args.json:
+        _write_json(args.json, {
+            "benchmark": name, "machine": machine(args.device), "device": args.device,
+            "torch": torch.__version__, "memory": memory_note(args.device), **setting,
+            "cases": [c.row() for c in cases],
+        })
+    if args.plot:
+        series: dict = {}
+        for c in cases:
+            key, point = series_of(c)
+            series.setdefault(key, []).append(point)
+        _plot(args.plot, series, xlabel, plot_title)
+    return 0
+
+
 # --------------------------------------------------------------------------- reconstruct
 def reconstruct(args) -> int:
     from x2ct.eval.reconstruct_benchmark import markdown_table as table
@@ -148,21 +168,10 @@ def reconstruct(args) -> int:
                                           args.guidance, args.num_samples, args.reps, args.seed)
     title = (f"Reconstruction on {machine(args.device)}, {described}; seconds per volume "
              f"(median of {args.reps}), {memory_note(args.device)}")
-    print(table(cases, title))
-    if args.json:
-        _write_json(args.json, {
-            "benchmark": "reconstruct", "machine": machine(args.device), "device": args.device,
-            "torch": torch.__version__, "memory": memory_note(args.device), **setting,
-            "cases": [c.row() for c in cases],
-        })
-    if args.plot:
-        series: dict = {}
-        for c in cases:
-            series.setdefault(f"{c.sampler}, batch {c.batch}", []).append(
-                (c.steps, c.total_s, c.peak_mb))
-        _plot(args.plot, series, "sampler steps", f"Reconstruction per volume, "
-              f"{machine(args.device)}")
-    return 0
+    return _report_pipeline(
+        args, "reconstruct", cases, table(cases, title), setting,
+        lambda c: (f"{c.sampler}, batch {c.batch}", (c.steps, c.total_s, c.peak_mb)),
+        "sampler steps", f"Reconstruction per volume, {machine(args.device)}")
 
 
 # --------------------------------------------------------------------------- train
@@ -174,20 +183,10 @@ def train(args) -> int:
     cases = run_train_benchmark(recon, args.batch_sizes, args.stages, None, args.reps, args.seed)
     title = (f"Training steps on {machine(args.device)}, {described}; median of {args.reps} "
              f"steps, {memory_note(args.device)}")
-    print(table(cases, title))
-    if args.json:
-        _write_json(args.json, {
-            "benchmark": "train", "machine": machine(args.device), "device": args.device,
-            "torch": torch.__version__, "memory": memory_note(args.device), **setting,
-            "cases": [c.row() for c in cases],
-        })
-    if args.plot:
-        series: dict = {}
-        for c in cases:
-            series.setdefault(f"{c.stage}, projection {c.projection}", []).append(
-                (c.batch, c.step_s, c.peak_mb))
-        _plot(args.plot, series, "batch size", f"One training step, {machine(args.device)}")
-    return 0
+    return _report_pipeline(
+        args, "train", cases, table(cases, title), setting,
+        lambda c: (f"{c.stage}, projection {c.projection}", (c.batch, c.step_s, c.peak_mb)),
+        "batch size", f"One training step, {machine(args.device)}")
 
 
 # --------------------------------------------------------------------------- command line

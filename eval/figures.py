@@ -3,6 +3,9 @@
 - :func:`case_grid`: one row per case (e.g. the best, median and worst by spine PSNR);
   for each plane (axial, coronal, sagittal) the truth, the reconstruction and |error|.
 - :func:`benchmark_plot`: seconds and peak memory against a setting (steps, size, batch).
+- :func:`reconstruction_figure`: one reconstruction from X-rays: the input X-rays and the
+  DRRs of the result, then the planes of truth, reconstruction, |error| and uncertainty
+  (eval/reconstruct.py, train/latent.py validation).
 
 Planes are shown as radiologists read them: axial and coronal with the patient's right on
 the viewer's left, axial with anterior up, coronal and sagittal with superior up, sagittal
@@ -24,7 +27,15 @@ import numpy as np  # noqa: E402
 
 from x2ct.fileio import atomic_path  # noqa: E402
 
-__all__ = ["PLANES", "CasePlanes", "benchmark_plot", "case_grid", "central_planes", "save_figure"]
+__all__ = [
+    "PLANES",
+    "CasePlanes",
+    "benchmark_plot",
+    "case_grid",
+    "central_planes",
+    "reconstruction_figure",
+    "save_figure",
+]
 
 PLANES = ("axial", "coronal", "sagittal")
 
@@ -96,6 +107,61 @@ def benchmark_plot(series: Mapping[str, Sequence[tuple[float, float, float | Non
     ax_t.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def reconstruction_figure(
+    xrays,
+    pred_hu,
+    drr_pred,
+    gt_hu=None,
+    std_hu=None,
+    window: Sequence[float] = (-1000.0, 2000.0),
+    title: str = "",
+    angles: Sequence[float] = (0.0, 90.0),
+):
+    """Row 1: input X-rays (V, H, W) and the DRRs of the reconstruction. Then the CT's
+    axial, coronal and sagittal planes (:func:`central_planes`; volumes in HU): ground
+    truth (when known), reconstruction, |error| (when known) and the uncertainty map
+    (when given). Tensors (any device) or arrays."""
+    as_np = lambda t: np.asarray(t.detach().float().cpu() if hasattr(t, "detach") else t)
+    xr = as_np(xrays).reshape(-1, *xrays.shape[-2:])  # (V, H, W)
+    dp = as_np(drr_pred).reshape(-1, *drr_pred.shape[-2:])
+    vol = lambda t: as_np(t).reshape(t.shape[-3:])
+    rows = []
+    if gt_hu is not None:
+        rows.append(("ground truth", vol(gt_hu), "gray", window))
+    rows.append(("reconstruction", vol(pred_hu), "gray", window))
+    if gt_hu is not None:
+        rows.append(("|error| HU", np.abs(vol(pred_hu) - vol(gt_hu)), "magma", (0, 500)))
+    if std_hu is not None:
+        rows.append(("std HU", vol(std_hu), "viridis", (0, max(float(vol(std_hu).max()), 1e-6))))
+    n_views = xr.shape[0]
+    cols = max(3, 2 * n_views)
+    fig, axes = plt.subplots(1 + len(rows), cols, figsize=(2.6 * cols, 2.6 * (1 + len(rows))))
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_frame_on(False)
+    hi = max(float(xr.max()), float(dp.max()), 1e-6)
+    names = {0.0: "AP", 90.0: "lateral"}
+    for v in range(n_views):
+        name = names.get(float(angles[v]), f"{float(angles[v]):g} deg") if v < len(angles) else v
+        axes[0, v].imshow(xr[v], cmap="gray", vmin=0, vmax=hi)
+        axes[0, v].set_title(f"input {name}", fontsize=9)
+        axes[0, n_views + v].imshow(dp[v], cmap="gray", vmin=0, vmax=hi)
+        axes[0, n_views + v].set_title(f"{name} DRR of reconstruction", fontsize=9)
+    for r, (name, data, cmap, (lo, top)) in enumerate(rows, start=1):
+        for c, (plane, img) in enumerate(zip(PLANES, central_planes(data))):
+            axes[r, c].imshow(img, cmap=cmap, vmin=lo, vmax=top)
+            axes[r, c].set_frame_on(True)
+            if r == 1:
+                axes[r, c].set_title(plane, fontsize=9)
+            if c == 0:
+                axes[r, c].set_ylabel(name)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig
 

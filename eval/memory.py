@@ -20,7 +20,7 @@ import time
 
 import torch
 
-__all__ = ["PeakMemory", "PeakRSS", "device_name", "memory_note", "rss_bytes"]
+__all__ = ["PeakMemory", "PeakRSS", "device_name", "memory_note", "peak_memory_mb", "rss_bytes"]
 
 
 def rss_bytes() -> int:
@@ -36,6 +36,23 @@ def rss_bytes() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def peak_memory_mb(device: torch.device | str) -> float | None:
+    """Peak memory of the process so far in MiB (for training logs): allocated by torch on
+    CUDA, the peak resident set (VmHWM) on a Linux CPU; None where neither can be read."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 class PeakRSS:

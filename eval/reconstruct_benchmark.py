@@ -1,14 +1,13 @@
 """Reconstruction speed and memory: seconds and peak memory per volume for each sampler,
 step count and batch size, split into X-ray encoding, sampling and decoding.
 
-The split is timed through the pipeline's public parts, in the order
-:class:`~x2ct.diffusion.Reconstructor` runs them:
+The split is the pipeline's own (``Reconstructor.__call__(..., timings=dict)``):
 
-    encode:  cond = denoiser.condition(xrays)                 (X-ray encoder, back-projection)
-    sample:  z = sample(sampler, denoiser.guided(cond, s), noise, denoiser.schedule, steps)
-    decode:  hu = autoencoder.output_to_hu(autoencoder.decode(z, shape))
+    encode:  X-ray encoder and back-projection of the features
+    sample:  starting noise and the sampler's loop
+    decode:  autoencoder decoding to HU
 
-and the whole call ``recon(xrays, ...)`` is timed on its own (``total``), with its peak
+and the whole call ``recon(xrays, ...)`` is timed around it (``total``), with its peak
 memory (CUDA: max allocated, weights included; CPU: resident-set growth during the call).
 Weights do not change the cost, so a randomly initialised pipeline of a named size
 (:func:`build_pipeline`) answers "does it fit my GPU, how long per volume" before training.
@@ -16,7 +15,6 @@ Weights do not change the cost, so a randomly initialised pipeline of a named si
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -25,8 +23,7 @@ import torch
 
 from x2ct.eval.memory import PeakMemory
 
-__all__ = ["ReconstructCase", "build_pipeline", "markdown_table", "run_reconstruct_benchmark",
-           "time_parts"]
+__all__ = ["ReconstructCase", "build_pipeline", "markdown_table", "run_reconstruct_benchmark"]
 
 
 @dataclass
@@ -70,38 +67,6 @@ def build_pipeline(config: str = "tiny", ae_config: str = "kl-tiny",
     return Reconstructor(LatentDenoiser(cfg), CTAutoencoder(ae_cfg))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@torch.no_grad()
-def time_parts(recon, xrays: torch.Tensor, sampler: str, steps: int, guidance_scale: float,
-               num_samples: int = 1, generator: torch.Generator | None = None
-               ) -> tuple[float, float, float]:
-    """Seconds of X-ray encoding, sampling and decoding of one batch, run through the
-    pipeline's public components as ``Reconstructor.__call__`` runs them."""
-    from x2ct.diffusion.samplers import sample
-
-    device = recon.device
-    c = recon.config
-    b, n = xrays.shape[0], int(num_samples)
-    _sync(device)
-    t0 = time.perf_counter()
-    cond = recon.denoiser.condition(xrays.to(device, torch.float32)).repeat(n)
-    _sync(device)
-    t1 = time.perf_counter()
-    noise = torch.randn(b * n, c.latent_channels, *c.latent_size, generator=generator).to(device)
-    z = sample(sampler, recon.denoiser.guided(cond, guidance_scale), noise,
-               recon.denoiser.schedule, steps, generator=generator)
-    _sync(device)
-    t2 = time.perf_counter()
-    recon.autoencoder.output_to_hu(recon.autoencoder.decode(z, shape=recon.shape))
-    _sync(device)
-    t3 = time.perf_counter()
-    return t1 - t0, t2 - t1, t3 - t2
-
-
 def run_reconstruct_benchmark(
     recon,
     samplers: Sequence[str] = ("ddim", "ddpm", "rflow"),
@@ -127,15 +92,15 @@ def run_reconstruct_benchmark(
                 parts, totals, peaks = [], [], []
                 for _ in range(reps):
                     gen = torch.Generator().manual_seed(seed)
+                    timings: dict[str, float] = {}
                     with PeakMemory(device) as mem:
                         recon(xrays, sampler=sampler, steps=steps, guidance_scale=scale,
-                              num_samples=num_samples, generator=gen)
+                              num_samples=num_samples, generator=gen, timings=timings)
                     totals.append(mem.seconds)
                     peaks.append(mem.mb)
-                    gen = torch.Generator().manual_seed(seed)
-                    parts.append(time_parts(recon, xrays, sampler, steps, scale, num_samples,
-                                            gen))
-                enc, smp, dec = (float(np.median([p[i] for p in parts])) / batch for i in range(3))
+                    parts.append(timings)
+                enc, smp, dec = (float(np.median([p[k] for p in parts])) / batch
+                                 for k in ("encode", "sample", "decode"))
                 cases.append(ReconstructCase(sampler, int(steps), int(batch), scale,
                                              int(num_samples), enc, smp, dec,
                                              float(np.median(totals)) / batch, float(max(peaks))))

@@ -379,8 +379,10 @@ def test_reconstructor_shapes_uncertainty_and_repeatability():
     assert out.latent.shape == (2, 1, 4, 4, 4, 4)
     lo, hi = recon.autoencoder.config.hu_window
     assert float(out.hu.min()) >= lo and float(out.hu.max()) <= hi
-    again = recon(x, steps=3, generator=g(0))
+    timings = {}
+    again = recon(x, steps=3, generator=g(0), timings=timings)  # timed: the same result
     torch.testing.assert_close(again.hu, out.hu, rtol=0, atol=0)
+    assert set(timings) == {"encode", "sample", "decode"} and min(timings.values()) >= 0
     other = recon(x, steps=3, generator=g(1))
     assert not torch.equal(other.latent, out.latent)
     many = recon(x, sampler="ddpm", steps=3, num_samples=3, generator=g(0), batch_size=4)

@@ -1,5 +1,6 @@
-"""eval/reconstruct.py end to end on a tiny random pipeline: from a CT, from two PNGs,
-phantom evaluation, benchmark, and the errors raised before any compute."""
+"""eval/reconstruct.py end to end on a tiny random pipeline: from a CT, from two PNGs, and
+the errors raised before any compute. (Phantom evaluation with baselines is eval/evaluate.py,
+tests/test_evaluate.py; timing is eval/benchmark.py reconstruct, tests/test_benchmark.py.)"""
 
 import json
 
@@ -123,42 +124,11 @@ def test_errors_come_before_any_compute(tmp_path, model_dir, ct_path):
         main(
             ["--model", str(model_dir), "--ap", str(ap), "--lateral", str(tmp_path / "x.png"), *out]
         )
+    for gone in (["--phantoms", "2"], ["--benchmark", "1"]):  # evaluate.py, benchmark.py
+        with pytest.raises(SystemExit):
+            main(["--model", str(model_dir), *gone, *out])
     empty = tmp_path / "empty_model"
     empty.mkdir()
     with pytest.raises(SystemExit, match="config.json"):
         main(["--model", str(empty), "--ct", str(ct_path), *out])
     assert not (tmp_path / "out").exists()
-
-
-def test_phantom_evaluation_and_benchmark(tmp_path, model_dir):
-    result = main(
-        [
-            "--model",
-            str(model_dir),
-            "--phantoms",
-            "2",
-            "--n-train-mean",
-            "2",
-            "--out",
-            str(tmp_path / "eval"),
-            "--steps",
-            "2",
-        ]
-    )
-    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert len(saved["cases"]) == 2 and saved["cases"][0]["id"] == "phantom_20000"
-    assert set(saved["baselines"]) == {"mean_training_ct", "autoencoder_roundtrip"}
-    assert saved["mean"]["psnr"] == pytest.approx(result["mean"]["psnr"])
-    assert len(list((tmp_path / "eval" / "figures").glob("*.png"))) == 2
-    bench = main(
-        ["--model", str(model_dir), "--benchmark", "1", "2", "--out", str(tmp_path / "bench")]
-    )
-    rows = bench["rows"]
-    assert [(r["sampler"], r["steps"]) for r in rows] == [
-        ("ddim", 1),
-        ("ddim", 2),
-        ("rflow", 1),
-        ("rflow", 2),
-    ]
-    assert all(r["seconds_per_volume"] > 0 for r in rows)
-    assert (tmp_path / "bench" / "benchmark.json").is_file()

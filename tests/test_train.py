@@ -144,3 +144,17 @@ def test_figure_and_run_folder(tmp_path):
     c.load_state_dict({"step": 7})
     assert c.state_dict() == {"step": 7}
     assert not Deadline(None).passed() and Deadline(0).passed()
+
+
+def test_loop_lr_schedule_log_sums_and_val_seeds():
+    from x2ct.train.loop import VAL_SEED_OFFSET, add_terms, lr_lambda, val_seeds
+
+    const = lr_lambda(warmup=4, schedule="constant", max_steps=10)
+    assert [const(s) for s in (0, 3, 9)] == [0.25, 1.0, 1.0]
+    cos = lr_lambda(warmup=1, schedule="cosine", max_steps=10)
+    assert cos(0) == pytest.approx(1.0) and cos(10) == pytest.approx(0.1) and cos(20) == cos(10)
+    logs = {}
+    for _ in range(2):
+        add_terms(logs, {"rec": torch.tensor(1.0), "kl": torch.tensor(0.5)}, grad_accum=2)
+    assert logs == {"train/rec": 1.0, "train/kl": 0.5}
+    assert val_seeds(3, 2) == [VAL_SEED_OFFSET + 3, VAL_SEED_OFFSET + 4]

@@ -13,9 +13,6 @@ At the end: fit the latent scaling on training volumes and save the EMA weights 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import math
-import sys
 from pathlib import Path
 
 import torch
@@ -37,10 +34,19 @@ from x2ct.eval.metrics import unit_metrics
 from x2ct.train.checkpoint import resume_latest, save_checkpoint
 from x2ct.train.ema import EMA
 from x2ct.train.figures import reconstruction_figure, save_figure
-from x2ct.train.run import Deadline, RunDir, StepCounter, build_accelerator, save_args
+from x2ct.train.loop import (
+    add_optimisation_args,
+    add_run_args,
+    add_terms,
+    args_record,
+    build_optimizer,
+    run_accelerator,
+    save_last_checkpoint,
+    val_seeds,
+    write_checksums,
+)
+from x2ct.train.run import Deadline, RunDir, StepCounter, save_args
 from x2ct.train.sampling import batch_indices, make_generator, random_crop
-
-VAL_SEED_OFFSET = 10_000  # validation phantom seeds: 10_000 + seed + i
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -73,23 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--full-batch-size", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--warmup", type=int, default=100, help="linear LR warm-up steps")
-    p.add_argument(
-        "--schedule",
-        choices=("constant", "cosine"),
-        default="cosine",
-        help="cosine decays to 10%% of --lr at --max-steps",
-    )
-    p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--ema-decay", type=float, default=0.998)
-    p.add_argument("--max-steps", type=int, default=1000)
-    p.add_argument("--max-minutes", type=float, default=None)
-    p.add_argument("--save-every", type=int, default=500)
-    p.add_argument("--keep", type=int, default=3, help="checkpoints kept")
-    p.add_argument("--val-every", type=int, default=500)
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+    add_optimisation_args(p, lr=5e-4, schedule="cosine", ema_decay=0.998)
+    add_run_args(p, max_steps=1000, max_minutes=None, save_every=500, val_every=500)
     p.add_argument("--l2-weight", type=float, default=0.0)
     p.add_argument("--kl-weight", type=float, default=1e-4)
     p.add_argument("--vq-weight", type=float, default=1.0)
@@ -98,18 +89,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--edge-weight", type=float, default=1.0)
     p.add_argument("--perceptual-weight", type=float, default=0.0)
     p.add_argument("--projection-weight", type=float, default=0.0)
-    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
-    p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument(
         "--scaling-volumes",
         type=int,
         default=16,
         help="training volumes encoded to fit the latent scaling",
     )
-    p.add_argument(
-        "--stop-after-steps", type=int, default=None, help=argparse.SUPPRESS
-    )  # debug: return after this many steps, like a kill
-    p.add_argument("--no-tensorboard", action="store_true")
     return p.parse_args(argv)
 
 
@@ -150,25 +135,6 @@ def load_folder(args, config, split: str, limit: int | None = None) -> torch.Ten
     return torch.stack([torch.as_tensor(dataset[i]["ct"], dtype=torch.float32) for i in range(n)])
 
 
-def lr_lambda(args):
-    def f(step: int) -> float:
-        warm = min(1.0, (step + 1) / max(args.warmup, 1))
-        if args.schedule == "constant":
-            return warm
-        t = min(step / max(args.max_steps, 1), 1.0)
-        return warm * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * t)))
-
-    return f
-
-
-def weights_checksum(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 @torch.no_grad()
 def validate(model: CTAutoencoder, volumes: torch.Tensor, device) -> tuple[dict, torch.Tensor]:
     """Mean PSNR / SSIM / MAE (HU) of the round trip, and the first reconstruction."""
@@ -184,18 +150,10 @@ def validate(model: CTAutoencoder, volumes: torch.Tensor, device) -> tuple[dict,
 def main(argv=None) -> Path:
     args = parse_args(argv)
     run = RunDir(Path(args.run_dir))
-    accelerator = build_accelerator(
-        run,
-        args.seed,
-        args.mixed_precision,
-        args.grad_accum,
-        log_with=None if args.no_tensorboard else "tensorboard",
-        project_name="autoencoder",
-        config=vars(args),
-    )
+    accelerator = run_accelerator(run, args, "autoencoder")
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     if accelerator.is_main_process:
-        save_args(run, {**vars(args), "argv": sys.argv if argv is None else list(argv)})
+        save_args(run, args_record(args, argv))
 
     # ---- model, EMA, losses, optimisers
     overrides = {} if args.latent_channels is None else {"latent_channels": args.latent_channels}
@@ -206,10 +164,7 @@ def main(argv=None) -> Path:
     projection = (
         ProjectionLoss(config.spacing, config.hu_window) if args.projection_weight > 0 else None
     )
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args))
+    optimizer, scheduler = build_optimizer(model, args)
     counter = StepCounter()
     if args.adv_weight > 0:
         disc = make_discriminator()
@@ -234,9 +189,10 @@ def main(argv=None) -> Path:
         val_volumes = load_folder(args, config, "val", args.n_val) if args.n_val > 0 else None
     else:
         train_seeds = list(range(args.seed, args.seed + args.n_train))
-        val_seeds = [VAL_SEED_OFFSET + args.seed + i for i in range(args.n_val)]
         train_volumes = load_volumes(args, train_seeds, config)
-        val_volumes = load_volumes(args, val_seeds, config) if args.n_val > 0 else None
+        val_volumes = (
+            load_volumes(args, val_seeds(args.seed, args.n_val), config) if args.n_val > 0 else None
+        )
     n_train = len(train_volumes)
 
     tb = None
@@ -299,10 +255,7 @@ def main(argv=None) -> Path:
                     d_optimizer.step()
                     d_optimizer.zero_grad(set_to_none=True)
                 terms["disc"] = d_loss.detach()
-            for name, v in terms.items():
-                logs[f"train/{name}"] = (
-                    logs.get(f"train/{name}", 0.0) + float(v.detach()) / args.grad_accum
-                )
+            add_terms(logs, terms, args.grad_accum)
         scheduler.step()
         counter.step += 1
         steps_this_run += 1
@@ -333,8 +286,7 @@ def main(argv=None) -> Path:
             accelerator.end_training()
             return run.root  # as if killed here: no final checkpoint, no final model
     bar.close()
-    if counter.step % args.save_every != 0:
-        save_checkpoint(accelerator, run.checkpoints, counter.step, keep=args.keep)
+    save_last_checkpoint(accelerator, run, counter.step, args)
 
     # ---- final model: EMA weights with the latent scaling fitted on training volumes
     final = ema.model
@@ -344,11 +296,7 @@ def main(argv=None) -> Path:
             final.encode(train_volumes[i : i + 1].to(device), scale=False) for i in range(n_fit)
         ]
     shift, factor = final.fit_scaling(latents)
-    # Per-process fingerprint of the trained and EMA weights (replicas must agree).
-    (run.root / f"weights_rank{rank}.sha256").write_text(
-        f"{weights_checksum(accelerator.unwrap_model(model))}\n{weights_checksum(final)}\n"
-        f"processes={world} distributed_type={accelerator.distributed_type.value}\n"
-    )
+    write_checksums(accelerator, run, model, final)  # replicas must agree
     if accelerator.is_main_process:
         final.save_pretrained(run.model)
         accelerator.print(

@@ -32,8 +32,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -52,23 +50,30 @@ from x2ct.diffusion import (
     Reconstructor,
     get_config,
 )
-from x2ct.eval.reconstruct import (
-    mean_scores,
-    peak_memory_mb,
-    reconstruction_figure,
-    save_png,
-    score,
-)
+from x2ct.eval.figures import reconstruction_figure, save_figure
+from x2ct.eval.memory import peak_memory_mb
+from x2ct.eval.metrics import ct_metrics, projection_error
 from x2ct.fileio import atomic_path
 from x2ct.projector import DRR_SCALE
 from x2ct.train.checkpoint import resume_latest, save_checkpoint
 from x2ct.train.ema import EMA
-from x2ct.train.run import Deadline, RunDir, StepCounter, build_accelerator, save_args
+from x2ct.train.loop import (
+    add_optimisation_args,
+    add_run_args,
+    add_terms,
+    args_record,
+    build_optimizer,
+    run_accelerator,
+    save_last_checkpoint,
+    val_seeds,
+    weights_checksum,
+    write_checksums,
+)
+from x2ct.train.run import Deadline, RunDir, StepCounter, save_args
 from x2ct.train.sampling import batch_indices, make_generator
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_AUTOENCODER = REPO / "models" / "ae-kl-tiny"
-VAL_SEED_OFFSET = 10_000  # validation phantom seeds: 10_000 + seed + i
 # Arguments that may change between the runs of one run folder (the rest must not).
 RESUMABLE = {
     "max_steps",
@@ -131,35 +136,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="phantom regions, assigned to seeds in turn (seed %% len), as train/autoencoder.py",
     )
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--warmup", type=int, default=100, help="linear LR warm-up steps")
-    p.add_argument(
-        "--schedule",
-        choices=("constant", "cosine"),
-        default="constant",
-        help="cosine decays to 10%% of --lr at --max-steps",
+    add_optimisation_args(p, lr=3e-4, schedule="constant", ema_decay=0.999)
+    add_run_args(
+        p,
+        max_steps=100_000,
+        max_minutes=5.0,
+        save_every=250,
+        val_every=250,
+        minutes_help="wall-clock budget of this invocation (0: none)",
     )
-    p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--max-steps", type=int, default=100_000)
-    p.add_argument(
-        "--max-minutes",
-        type=float,
-        default=5.0,
-        help="wall-clock budget of this invocation (0: none)",
-    )
-    p.add_argument("--save-every", type=int, default=250)
-    p.add_argument("--keep", type=int, default=3, help="checkpoints kept")
-    p.add_argument("--val-every", type=int, default=250)
     p.add_argument("--val-steps", type=int, default=25, help="DDIM steps of validation samples")
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument(
-        "--stop-after-steps", type=int, default=None, help=argparse.SUPPRESS
-    )  # tests: return after this many steps, like a kill
-    p.add_argument("--no-tensorboard", action="store_true")
     args = p.parse_args(argv)
     if args.max_minutes is not None and args.max_minutes <= 0:
         args.max_minutes = None
@@ -204,14 +190,6 @@ def check_resume_args(run: RunDir, args: dict) -> None:
         )
 
 
-def weights_checksum(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def phantoms(seeds: list[int], regions: list[str], **kw) -> Dataset | list:
     """Phantom cases for ``seeds``; seed s is drawn in region ``regions[s % len(regions)]``."""
     parts = [
@@ -219,17 +197,6 @@ def phantoms(seeds: list[int], regions: list[str], **kw) -> Dataset | list:
         for s in seeds
     ]
     return ConcatDataset(parts) if parts else []
-
-
-def lr_lambda(args):
-    def f(step: int) -> float:
-        warm = min(1.0, (step + 1) / max(args.warmup, 1))
-        if args.schedule == "constant":
-            return warm
-        t = min(step / max(args.max_steps, 1), 1.0)
-        return warm * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * t)))
-
-    return f
 
 
 @torch.no_grad()
@@ -270,12 +237,16 @@ def validate(recon: Reconstructor, val: list[dict], steps: int, seed: int):
     window = recon.autoencoder.config.hu_window
     xrays = torch.stack([v["xrays"] for v in val])
     out = recon(xrays, sampler="ddim", steps=steps, generator=torch.Generator().manual_seed(seed))
+    pred = out.hu.cpu()
     rows = []
     for i, v in enumerate(val):
-        gt_hu = unit_to_hu(v["ct"], window)
-        rows.append(score(recon, out.hu[i], gt_hu, v["xrays"]))
+        row = ct_metrics(pred[i], unit_to_hu(v["ct"], window), window)
+        row["projection_error"], _ = projection_error(
+            pred[i], v["xrays"], recon.geometry, recon.spacing, recon.config.xray_scale, window
+        )
+        rows.append(row)
     first = (xrays[0], out.hu[0], unit_to_hu(val[0]["ct"], window))
-    return mean_scores(rows), first
+    return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}, first
 
 
 def check_autoencoder(directory: str) -> None:
@@ -289,30 +260,13 @@ def check_autoencoder(directory: str) -> None:
         )
 
 
-def use_cpu_processes() -> None:
-    """``accelerate launch --multi_gpu --num_processes N`` on a machine without CUDA starts
-    N processes, but Accelerate then gives each a single-process state and they would train
-    apart, each on the same batches. Ask for CPU data parallelism (gloo) instead."""
-    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        os.environ["ACCELERATE_USE_CPU"] = "true"
-
-
 def main(argv=None) -> Path:
     args = parse_args(argv)
     run = RunDir(Path(args.run_dir))
-    record = {**vars(args), "argv": sys.argv if argv is None else list(argv)}
+    record = args_record(args, argv)
     check_resume_args(run, record)
     check_autoencoder(args.autoencoder)
-    use_cpu_processes()
-    accelerator = build_accelerator(
-        run,
-        args.seed,
-        args.mixed_precision,
-        args.grad_accum,
-        log_with=None if args.no_tensorboard else "tensorboard",
-        project_name="latent",
-        config=vars(args),
-    )
+    accelerator = run_accelerator(run, args, "latent")
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     if accelerator.is_local_main_process:  # say which attention and projector backends ran
         log = logging.getLogger("x2ct")
@@ -337,8 +291,7 @@ def main(argv=None) -> Path:
     )
     train_seeds = list(range(args.seed, args.seed + args.n_train))
     train_set = phantoms(train_seeds, args.regions, **data_kw)
-    val_seeds = [VAL_SEED_OFFSET + args.seed + i for i in range(args.n_val)]
-    val_set = phantoms(val_seeds, args.regions, **data_kw)
+    val_set = phantoms(val_seeds(args.seed, args.n_val), args.regions, **data_kw)
     cache_key = hashlib.sha256(
         json.dumps(
             {
@@ -385,10 +338,7 @@ def main(argv=None) -> Path:
         config.projection_weighting,
     )
     loss_fn = DiffusionLoss(config, projection, args.projection_samples)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args))
+    optimizer, scheduler = build_optimizer(model, args)
     counter = StepCounter()
     model, optimizer = accelerator.prepare(model, optimizer)
     ema.model.to(device)
@@ -428,7 +378,7 @@ def main(argv=None) -> Path:
         )
         if tb is not None:
             tb.add_figure("val/reconstruction", fig, global_step=step, close=False)
-        save_png(fig, run.figures / f"val_step_{step:07d}.png")
+        save_figure(fig, run.figures / f"val_step_{step:07d}.png", dpi=90)
         return scores
 
     # ---- loop
@@ -469,10 +419,7 @@ def main(argv=None) -> Path:
                             )
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            for name, v in terms.items():
-                logs[f"train/{name}"] = (
-                    logs.get(f"train/{name}", 0.0) + float(v.detach()) / args.grad_accum
-                )
+            add_terms(logs, terms, args.grad_accum)
         scheduler.step()
         counter.step += 1
         steps_this_run += 1
@@ -502,16 +449,10 @@ def main(argv=None) -> Path:
             accelerator.end_training()
             return run.root  # as if killed here: no final checkpoint, no final model
     bar.close()
-    if counter.step % args.save_every != 0:
-        save_checkpoint(accelerator, run.checkpoints, counter.step, keep=args.keep)
+    save_last_checkpoint(accelerator, run, counter.step, args)
 
     # ---- final pipeline (EMA weights), final validation and metrics
-    (run.root / f"weights_rank{rank}.sha256").write_text(
-        weights_checksum(accelerator.unwrap_model(model))
-        + "\n"
-        + weights_checksum(ema.model)
-        + "\n"
-    )
+    write_checksums(accelerator, run, model, ema.model)  # replicas must agree
     if accelerator.is_main_process:
         Reconstructor(ema.model, autoencoder).save_pretrained(run.model)
         metrics = {
@@ -528,7 +469,7 @@ def main(argv=None) -> Path:
             f"step {counter.step}: saved {run.model} and {run.root / 'metrics.json'}\n"
             f"reconstruct:  python eval/reconstruct.py --model {run.model} "
             "--ap AP.png --lateral LAT.png --out OUT\n"
-            f"evaluate:     python eval/reconstruct.py --model {run.model} --phantoms 20 "
+            f"evaluate:     python eval/evaluate.py --model {run.model} --phantoms 20 "
             "--out OUT\n"
             "continue:     rerun the same command (resumes from the last checkpoint)"
         )
