@@ -8,9 +8,12 @@ from x2ct.diffusion.config import (
     get_config,
 )
 from x2ct.diffusion.denoiser import Condition, LatentDenoiser
+from x2ct.diffusion.guidance import ProjectionGuidance
 from x2ct.diffusion.loss import DiffusionLoss
 from x2ct.diffusion.pipeline import Reconstruction, Reconstructor
+from x2ct.diffusion.pose import PoseRefinement
 from x2ct.diffusion.projection_loss import ProjectionLoss
+from x2ct.diffusion.regression import RegressionLoss
 from x2ct.diffusion.schedule import NoiseSchedule
 
 __all__ = [
@@ -21,8 +24,11 @@ __all__ = [
     "LatentDenoiser",
     "LatentDiffusionConfig",
     "NoiseSchedule",
+    "PoseRefinement",
+    "ProjectionGuidance",
     "ProjectionLoss",
     "Reconstruction",
     "Reconstructor",
+    "RegressionLoss",
     "get_config",
 ]

@@ -21,6 +21,7 @@ PREDICTION_TYPES = ("v_prediction", "epsilon", "sample")
 BETA_SCHEDULES = ("linear_beta", "scaled_linear_beta", "sigmoid_beta", "cosine")
 SAMPLERS = ("ddim", "ddpm", "rflow")
 PROJECTION_WEIGHTINGS = ("alpha_bar", "snr", "constant")
+OBJECTIVES = ("diffusion", "regression")
 
 
 def default_geometry() -> dict:
@@ -53,6 +54,10 @@ class LatentDiffusionConfig:
     backproject_channels: int = 8  # feature channels back-projected per view
     geometry: dict = field(default_factory=default_geometry)  # Geometry.to_dict()
     xray_scale: float = DRR_SCALE  # network X-rays are line integrals / xray_scale
+    # --- training objective: "diffusion" (denoise noisy latents; sampled) or "regression"
+    # (the deterministic baseline: the same networks predict the latent in one pass,
+    # diffusion/regression.py; the sampler and guidance settings are then unused)
+    objective: str = "diffusion"
     # --- noise process (MONAI DDPMScheduler) and training target
     num_train_timesteps: int = 1000
     beta_schedule: str = "scaled_linear_beta"
@@ -147,6 +152,8 @@ class LatentDiffusionConfig:
             )
         if self.projection_step <= 0:
             raise ValueError(f"projection_step must be positive, got {self.projection_step}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if not 1 <= self.sampler_steps <= self.num_train_timesteps:

@@ -23,6 +23,7 @@ from x2ct.diffusion.config import LatentDiffusionConfig
 from x2ct.diffusion.schedule import NoiseSchedule
 from x2ct.diffusion.unet import build_unet
 from x2ct.diffusion.xray_encoder import XrayEncoder
+from x2ct.projector import Geometry
 
 __all__ = ["Condition", "LatentDenoiser"]
 
@@ -59,11 +60,39 @@ class LatentDenoiser(nn.Module):
         else:
             self.backprojector = None
         self.schedule = NoiseSchedule(config)  # plain object: nothing to train or save
+        self._view_backprojectors: dict = {}  # other view geometries (a refined pose)
+
+    def backprojector_for(self, geometry: Geometry | None) -> FeatureBackprojector | None:
+        """The back-projection of features along ``geometry``'s views (default: the
+        config's). Another geometry (e.g. angles refined by pose refinement) must keep the
+        number of views and the detector; its back-projector is built once and cached."""
+        if self.backprojector is None or geometry is None or geometry == self.config.geometry_obj:
+            return self.backprojector
+        nominal = self.config.geometry_obj
+        same_detector = geometry.detector_shape == nominal.detector_shape
+        if geometry.num_views != nominal.num_views or not same_detector:
+            raise ValueError(
+                f"a view geometry must keep the model's {nominal.num_views} views and "
+                f"{nominal.detector_shape} detector, got {geometry.to_dict()}"
+            )
+        if geometry not in self._view_backprojectors:
+            h, w = self.config.xray_shape
+            f = self.config.encoder_downsample
+            self._view_backprojectors[geometry] = FeatureBackprojector(
+                geometry, (h // f, w // f), self.config.latent_size, self.config.latent_spacing
+            )
+        return self._view_backprojectors[geometry].to(self.backprojector.inv_norm.device)
 
     # ------------------------------------------------------------------ conditioning
-    def condition(self, xrays: torch.Tensor, drop: torch.Tensor | None = None) -> Condition:
+    def condition(
+        self,
+        xrays: torch.Tensor,
+        drop: torch.Tensor | None = None,
+        geometry: Geometry | None = None,
+    ) -> Condition:
         """Encode X-rays (B, V, H, W); ``drop`` (B,) bool replaces a sample's condition by
-        the null condition (classifier-free guidance training)."""
+        the null condition (classifier-free guidance training); ``geometry``: the views to
+        back-project along, when not the config's (:meth:`backprojector_for`)."""
         expected = (self.config.num_views, *self.config.xray_shape)
         if xrays.ndim != 4 or tuple(xrays.shape[1:]) != expected:
             raise ValueError(
@@ -71,7 +100,8 @@ class LatentDenoiser(nn.Module):
                 f"(the model's geometry), got {tuple(xrays.shape)}"
             )
         context, feats = self.encoder(xrays)
-        features = self.backprojector(feats) if self.backprojector is not None else None
+        backprojector = self.backprojector_for(geometry)
+        features = backprojector(feats) if backprojector is not None else None
         if drop is not None:
             keep = ~drop.to(device=context.device, dtype=torch.bool)
             # torch.where keeps null_context in the graph even when nothing is dropped

@@ -8,6 +8,11 @@ with x_t (B, C, x, y, z) and t a (B,) tensor of (possibly fractional) training t
 the starting noise, the :class:`NoiseSchedule` the model was trained on and a step count,
 and returns the clean latent x0. Guidance, conditioning and batching live in model_fn.
 
+An optional ``x0_hook(x0, i, steps) -> x0`` corrects step i's clean-latent estimate
+(projection-consistent sampling, diffusion/guidance.py): the step then goes on from the
+corrected x0 and the same eps (the "decomposed" update of DDS, Chung et al. 2024), i.e.
+x_t is replaced by sqrt(abar_t) x0' + sqrt(1 - abar_t) eps before the scheduler's step.
+
 - ``ddim``: deterministic DDIM (Song et al. 2021, eq. 12) with MONAI ``DDIMScheduler``.
   Two MONAI defaults are wrong for latents: ``clip_sample`` clamps the x0 estimate to
   [-1, 1] (scaled latents exceed it), so it is off; and its step assumes timesteps
@@ -33,6 +38,16 @@ from x2ct.diffusion.schedule import NoiseSchedule
 __all__ = ["SAMPLERS", "ddim_timesteps", "sample", "sample_ddim", "sample_ddpm", "sample_rflow"]
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+X0Hook = Callable[[torch.Tensor, int, int], torch.Tensor]
+
+
+def _corrected(schedule: NoiseSchedule, x0_hook, i: int, steps: int, x, out, t):
+    """(x_t, output) re-synthesised from the hook's corrected x0 and the same eps."""
+    x0, eps = schedule.to_x0_eps(x, out.to(x.dtype), t)
+    x0_new = x0_hook(x0, i, steps)
+    if x0_new is x0:
+        return x, out
+    return schedule.add_noise(x0_new, eps, t), schedule.from_x0_eps(x0_new, eps, t)
 
 
 def _check_steps(steps: int, schedule: NoiseSchedule) -> int:
@@ -68,6 +83,7 @@ def sample_ddim(
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    x0_hook: X0Hook | None = None,
 ) -> torch.Tensor:
     steps = _check_steps(steps, schedule)
     scheduler = DDIMScheduler(
@@ -82,8 +98,12 @@ def sample_ddim(
     scheduler.final_alpha_cumprod = scheduler.final_alpha_cumprod.to(noise.device)
     gen = _device_generator(generator, noise.device) if eta > 0 else None
     x, x0 = noise, noise
-    for t in tqdm(scheduler.timesteps.tolist(), disable=not progress, desc="ddim", leave=False):
-        out = model_fn(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long))
+    timesteps = scheduler.timesteps.tolist()
+    for i, t in enumerate(tqdm(timesteps, disable=not progress, desc="ddim", leave=False)):
+        t_b = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        out = model_fn(x, t_b)
+        if x0_hook is not None:
+            x, out = _corrected(schedule, x0_hook, i, steps, x, out, t_b)
         x, x0 = scheduler.step(out, t, x, eta=eta, generator=gen)
     # The last step lands on abar = 1 (x = x0) when T is a multiple of steps; otherwise
     # a little noise is left at t = T-1-(steps-1)k - k >= 0, and x0 is the better answer.
@@ -97,9 +117,11 @@ def sample_ddpm(
     steps: int = 50,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    x0_hook: X0Hook | None = None,
 ) -> torch.Tensor:
     return sample_ddim(
-        model_fn, noise, schedule, steps, eta=1.0, generator=generator, progress=progress
+        model_fn, noise, schedule, steps, eta=1.0, generator=generator, progress=progress,
+        x0_hook=x0_hook,
     )
 
 
@@ -111,6 +133,7 @@ def sample_rflow(
     steps: int = 50,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    x0_hook: X0Hook | None = None,
 ) -> torch.Tensor:
     steps = _check_steps(steps, schedule)
     T = schedule.num_train_timesteps
@@ -118,9 +141,8 @@ def sample_rflow(
     scheduler.set_timesteps(steps)  # integer t from T down to about T / steps; s = t / T
     times = [int(t) for t in scheduler.timesteps.tolist()] + [0]
     x = noise
-    for t, t_next in tqdm(
-        list(zip(times[:-1], times[1:])), disable=not progress, desc="rflow", leave=False
-    ):
+    pairs = list(zip(times[:-1], times[1:]))
+    for i, (t, t_next) in enumerate(tqdm(pairs, disable=not progress, desc="rflow", leave=False)):
         s = t / T  # x_s = (1 - s) x0 + s eps
         snr = ((1 - s) / s) ** 2
         ab = torch.tensor([snr / (1 + snr)], dtype=torch.float64)
@@ -130,6 +152,8 @@ def sample_rflow(
         k = float((1 - ab_vp).sqrt() / s)
         t_b = t_vp.to(x.device, torch.float32).expand(x.shape[0])
         x0, eps = schedule.to_x0_eps(k * x, model_fn(k * x, t_b), t_b)
+        if x0_hook is not None:
+            x0 = x0_hook(x0, i, len(pairs))
         v = x0 - eps  # d x_s / d(-s)
         x, _ = scheduler.step(v, t, x, t_next)
     return x
@@ -150,8 +174,11 @@ def sample(
     steps: int,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    x0_hook: X0Hook | None = None,
 ) -> torch.Tensor:
     """Run the sampler called ``name`` ("ddim", "ddpm" or "rflow")."""
     if name not in SAMPLERS:
         raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {name!r}")
-    return SAMPLERS[name](model_fn, noise, schedule, steps, generator=generator, progress=progress)
+    return SAMPLERS[name](
+        model_fn, noise, schedule, steps, generator=generator, progress=progress, x0_hook=x0_hook
+    )

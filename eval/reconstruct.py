@@ -13,9 +13,23 @@
   geometry and the reconstruction is scored against it (PSNR, SSIM over the HU window,
   MAE in HU, projection error: ``x2ct.eval.metrics``).
 
+Options:
+
+- ``--pc-strength S [--pc-steps K --pc-inner N]``: projection-consistent sampling
+  (``x2ct.diffusion.ProjectionGuidance``): the last K sampler steps' clean-latent estimates
+  get N gradient steps of latent RMS S toward DRRs that match the X-rays; the plain result
+  is computed too and the better of the two kept (never a worse projection error). Costs
+  K extra network calls, K * (N + 1) decoder and projector passes with gradients, and a
+  second final decode and DRR rendering.
+- ``--pose-rounds R [--pose-iters I --pose-lr LR]``: pose refinement for real radiographs
+  (``x2ct.diffusion.PoseRefinement``): reconstruct, fit each view's angle and detector
+  offset to the reconstruction's DRRs, reconstruct again with the refined pose; R rounds.
+
 Writes into OUT: ``ct.nii.gz`` (HU, the model's spacing), ``std.nii.gz`` (per-voxel
-standard deviation over ``--num-samples`` > 1, an uncertainty map), ``reconstruction.png``
-and, with ``--ct``, ``metrics.json``.
+standard deviation over ``--num-samples`` > 1, an uncertainty map), ``reconstruction.png``,
+with ``--ct`` ``metrics.json``, and with ``--pc-*`` or ``--pose-*`` ``reconstruction.json``
+(the options, projection errors before and after guidance, the fitted pose). The options
+are in metrics.json too.
 
 Other jobs have their own scripts:
 
@@ -94,6 +108,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-samples", type=int, default=1, help="samples; >1 writes std.nii.gz")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--pc-strength",
+        type=float,
+        default=None,
+        help="projection-consistent sampling: latent RMS of each correction step (default: off)",
+    )
+    p.add_argument("--pc-steps", type=int, default=5, help="last sampler steps corrected")
+    p.add_argument("--pc-inner", type=int, default=3, help="gradient steps per correction")
+    p.add_argument(
+        "--pose-rounds",
+        type=int,
+        default=0,
+        help="pose refinement rounds (fit view angles and detector offsets; default 0: off)",
+    )
+    p.add_argument("--pose-iters", type=int, default=60, help="Adam iterations per pose fit")
+    p.add_argument("--pose-lr", type=float, default=0.3, help="pose fit step, degrees and mm")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     if args.ap is not None and args.lateral is None:
@@ -102,7 +132,26 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--lateral needs --ap: the model reconstructs from both views")
     if args.num_samples < 1:
         p.error("--num-samples must be >= 1")
+    if args.pc_strength is not None and not (
+        args.pc_strength > 0 and args.pc_steps >= 1 and args.pc_inner >= 1
+    ):
+        p.error("--pc-strength must be > 0, --pc-steps and --pc-inner >= 1")
+    if args.pose_rounds < 0 or args.pose_iters < 1 or not args.pose_lr > 0:
+        p.error("--pose-rounds must be >= 0, --pose-iters >= 1 and --pose-lr > 0")
     return args
+
+
+def options(args: argparse.Namespace):
+    """(ProjectionGuidance or None, PoseRefinement or None) from the flags."""
+    from x2ct.diffusion import PoseRefinement, ProjectionGuidance
+
+    guidance = None
+    if args.pc_strength is not None:
+        guidance = ProjectionGuidance(args.pc_strength, args.pc_steps, args.pc_inner)
+    pose = None
+    if args.pose_rounds > 0:
+        pose = PoseRefinement(args.pose_rounds, args.pose_iters, args.pose_lr)
+    return guidance, pose
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -161,6 +210,7 @@ def main(argv=None) -> dict:
     except (ValueError, OSError, KeyError, TypeError) as e:
         raise SystemExit(f"error: {e}") from e
 
+    guidance, pose = options(args)
     recon = Reconstructor.from_pretrained(args.model, device=args.device)
     if gt_hu is not None:
         xrays = recon.simulate_xrays(gt_hu.to(recon.device)).cpu()
@@ -173,15 +223,46 @@ def main(argv=None) -> dict:
         num_samples=args.num_samples,
         generator=torch.Generator().manual_seed(args.seed),
         batch_size=args.batch_size,
+        projection_guidance=guidance,
+        pose_refinement=pose,
     )
     seconds = time.perf_counter() - t0
+    record = {
+        "objective": recon.config.objective,
+        "sampler": args.sampler or recon.config.sampler,
+        "steps": args.steps or recon.config.sampler_steps,
+        "guidance_scale": recon.config.guidance_scale if args.guidance is None else args.guidance,
+        "num_samples": args.num_samples,
+        "seed": args.seed,
+        "projection_guidance": None if guidance is None else guidance.to_dict(),
+        "pose_refinement": None if pose is None else pose.to_dict(),
+    }
+    if out.projection is not None:  # per sample, (S,) for the one case
+        record["projection_guidance_errors"] = {
+            k: out.projection[k][0].tolist() for k in ("before", "after", "final", "guided")
+        }
+        before, final = out.projection["before"][0], out.projection["final"][0]
+        print(
+            f"projection-consistent sampling: projection error {before.mean():.4f} -> "
+            f"{final.mean():.4f} (guided sample kept for "
+            f"{int(out.projection['guided'].sum())} of {args.num_samples})"
+        )
+    if out.pose is not None:
+        record["pose"] = {
+            "columns": ["d_angle_deg", "d_u_mm", "d_v_mm"],
+            "views": out.pose[0].tolist(),
+        }
+        print(f"refined pose (d_angle deg, d_u mm, d_v mm) per view: {out.pose[0].tolist()}")
     save_ct(out_dir / "ct.nii.gz", out.hu[0, 0].cpu().numpy(), spacing=recon.spacing)
     written = ["ct.nii.gz"]
     if out.std is not None:
         save_ct(out_dir / "std.nii.gz", out.std[0, 0].cpu().numpy(), spacing=recon.spacing)
         written.append("std.nii.gz")
     drr = recon.simulate_xrays(out.hu.to(recon.device))
-    result = {"seconds": seconds}
+    result = {"seconds": seconds, "options": record}
+    if guidance is not None or pose is not None:
+        _write_json(out_dir / "reconstruction.json", {"seconds": seconds, **record})
+        written.append("reconstruction.json")
     title = f"{args.sampler or recon.config.sampler}, {seconds:.1f} s"
     if gt_hu is not None:
         pred_hu = out.hu.cpu()

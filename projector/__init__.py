@@ -2,6 +2,14 @@
 
 from x2ct.projector.attenuation import DRR_SCALE, MU_WATER, hu_to_mu, mu_to_hu
 from x2ct.projector.geometry import Geometry, view_vectors
+from x2ct.projector.pose import (
+    PoseFit,
+    posed_geometry,
+    posed_view_vectors,
+    project_posed,
+    refine_pose,
+    shift_to_nominal,
+)
 from x2ct.projector.project import BACKENDS, backproject, project, resolve_backend, use_triton
 
 __all__ = [
@@ -9,11 +17,17 @@ __all__ = [
     "DRR_SCALE",
     "MU_WATER",
     "Geometry",
+    "PoseFit",
     "backproject",
     "hu_to_mu",
     "mu_to_hu",
+    "posed_geometry",
+    "posed_view_vectors",
     "project",
+    "project_posed",
+    "refine_pose",
     "resolve_backend",
+    "shift_to_nominal",
     "use_triton",
     "view_vectors",
 ]

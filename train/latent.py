@@ -4,6 +4,10 @@
     accelerate launch train/latent.py --run-dir runs/ldm --n-train 256 --max-minutes 120
     python train/latent.py --config base --batch-size 16 --max-steps 50000 --mixed-precision bf16
 
+``--objective regression`` trains the deterministic baseline instead: the same X-ray
+encoder, conditioning and UNet predict the latent in one pass (diffusion/regression.py);
+it is saved and loaded as the same Reconstructor (which then ignores the sampler).
+
 With no arguments: synthetic spine phantoms, the repository's autoencoder
 (models/ae-kl-tiny), the "tiny" model, 5 minutes of training, into runs/latent.
 
@@ -48,8 +52,10 @@ from x2ct.diffusion import (
     LatentDenoiser,
     ProjectionLoss,
     Reconstructor,
+    RegressionLoss,
     get_config,
 )
+from x2ct.diffusion.config import OBJECTIVES
 from x2ct.eval.figures import reconstruction_figure, save_figure
 from x2ct.eval.memory import peak_memory_mb
 from x2ct.eval.metrics import ct_metrics, projection_error
@@ -87,6 +93,9 @@ RESUMABLE = {
     "val_steps",
     "argv",
 }
+# Flags added after runs were started: a run folder whose args.json lacks one ran with
+# this value, so resuming it with today's default is the same run.
+ADDED_FLAGS = {"objective": "diffusion"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -101,6 +110,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="override LatentDiffusionConfig fields, VALUE in JSON "
         "(e.g. unet_channels=[16,32] projection_weight=0)",
+    )
+    p.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default="diffusion",
+        help="diffusion (sampled) or regression: the deterministic baseline, the same "
+        "networks predicting the latent in one pass (diffusion/regression.py)",
     )
     p.add_argument(
         "--no-geometry-aware",
@@ -163,6 +179,7 @@ def config_overrides(args) -> dict:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
             out[key] = value  # a bare string, e.g. prediction_type=epsilon
+    out["objective"] = args.objective
     if args.no_geometry_aware:
         out["geometry_aware"] = False
     if args.projection_weight is not None:
@@ -178,7 +195,8 @@ def check_resume_args(run: RunDir, args: dict) -> None:
     changed = {
         k: (before.get(k), v)
         for k, v in args.items()
-        if k not in RESUMABLE and json.loads(json.dumps(v)) != before.get(k)
+        if k not in RESUMABLE
+        and json.loads(json.dumps(v)) != before.get(k, ADDED_FLAGS.get(k))
     }
     if changed:
         detail = ", ".join(
@@ -337,7 +355,10 @@ def main(argv=None) -> Path:
         config.projection_step,
         config.projection_weighting,
     )
-    loss_fn = DiffusionLoss(config, projection, args.projection_samples)
+    if config.objective == "regression":
+        loss_fn = RegressionLoss(config, projection)
+    else:
+        loss_fn = DiffusionLoss(config, projection, args.projection_samples)
     optimizer, scheduler = build_optimizer(model, args)
     counter = StepCounter()
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -349,7 +370,8 @@ def main(argv=None) -> Path:
     accelerator.print(
         f"latent diffusion '{args.config}': {n_params / 1e6:.2f} M parameters, latents "
         f"{tuple(latents.shape[1:])}, X-rays {tuple(xrays.shape[1:])}, {n_train} training cases, "
-        f"geometry-aware {config.geometry_aware}, projection loss {config.projection_weight}"
+        f"geometry-aware {config.geometry_aware}, projection loss {config.projection_weight}, "
+        f"objective {config.objective}"
         + (f"; resumed from {resumed.name} at step {counter.step}" if resumed else "")
     )
 
@@ -404,7 +426,7 @@ def main(argv=None) -> Path:
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     terms = loss_fn(model, z0, xr)
-                loss = DiffusionLoss.total(terms)
+                loss = loss_fn.total(terms)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     max_norm = args.grad_clip if args.grad_clip > 0 else math.inf
@@ -428,7 +450,8 @@ def main(argv=None) -> Path:
         step = counter.step
 
         if step % args.log_every == 0 or step == 1:
-            logs["train/loss"] = logs["train/diffusion"] + logs.get("train/projection", 0.0)
+            main_term = logs.get("train/diffusion", logs.get("train/regression", 0.0))
+            logs["train/loss"] = main_term + logs.get("train/projection", 0.0)
             logs["train/lr"] = scheduler.get_last_lr()[0]
             seen = steps_this_run * args.batch_size * args.grad_accum * world
             logs["train/samples_per_s"] = seen / max(time.monotonic() - t_start, 1e-9)
@@ -436,7 +459,7 @@ def main(argv=None) -> Path:
             memory = peak_memory_mb(device)
             if memory is not None:
                 logs["train/peak_memory_mb"] = memory
-            bar.set_postfix(loss=f"{logs['train/loss']:.4f}", diff=f"{logs['train/diffusion']:.4f}")
+            bar.set_postfix(loss=f"{logs['train/loss']:.4f}", main=f"{main_term:.4f}")
             accelerator.log(logs, step=step)
         if args.n_val > 0 and step % args.val_every == 0:
             if accelerator.is_main_process:
@@ -459,6 +482,7 @@ def main(argv=None) -> Path:
             "step": counter.step,
             "seconds_this_run": time.monotonic() - t_start,
             "config": args.config,
+            "objective": config.objective,
             "parameters": n_params,
         }
         if args.n_val > 0:
