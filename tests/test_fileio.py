@@ -42,3 +42,16 @@ def test_atomic_dir_writes_new_folders_whole_and_keeps_foreign_files(tmp_path):
         raise RuntimeError("killed")
     assert (model / "config.json").read_text() == '{"v": 2}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_atomic_dir_gives_folders_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "model") as tmp:
+            (tmp / "config.json").write_text("{}")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o755
