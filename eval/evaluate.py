@@ -10,6 +10,10 @@ Rows (each is scored on the same test cases, at the first model's CT grid):
 - ``--model [NAME=]DIR`` (repeatable, for ablations): a saved pipeline (train/latent.py
   writes RUN/model) reconstructs every case from its simulated X-rays, ``--batch-size``
   cases per call, with ``--sampler/--steps/--guidance/--num-samples`` (default: the model's).
+- ``--pc-model [NAME=]DIR``: the same with projection-consistent sampling
+  (``x2ct.diffusion.ProjectionGuidance`` from ``--pc-strength/--pc-steps/--pc-inner``).
+- ``--pose-model [NAME=]DIR``: the same with pose refinement
+  (``x2ct.diffusion.PoseRefinement`` from ``--pose-rounds/--pose-iters/--pose-lr``).
 - ``--autoencoder [NAME=]DIR`` (repeatable): the autoencoder round trip decode(encode(truth)),
   the ceiling any latent model built on it can reach (a model's own is DIR/autoencoder).
 - ``--baseline mean-ct``: the voxel-wise mean of training CTs, the same for every case
@@ -20,6 +24,11 @@ Rows (each is scored on the same test cases, at the first model's CT grid):
 Test cases: ``--phantoms N`` procedural spine phantoms with vertebra labels, or
 ``--data DIR`` CTs (VerSe, CTSpine1K or plain NIfTI; ``x2ct.data.find_ct_cases``), its
 ``--split`` (default test, the same hash split training uses; ``all`` for a held-out folder).
+``--pose-jitter DEG MM`` renders every case's X-rays with its own random view poses, as
+real radiographs are taken (each view's angle off by up to DEG degrees, its detector
+shifted by up to MM mm in both directions; ``x2ct.projector.project_posed``, drawn from
+``--seed``); model rows then also report the pose error (the fitted pose's with
+``--pose-model``, the nominal views' otherwise).
 
 Metrics per case (``x2ct.eval.metrics.case_metrics``): MAE in HU, PSNR and SSIM (3-D and
 the X2CT-GAN slice-wise 2-D mean) over the HU window mapped to [0, 1], the same inside the
@@ -50,6 +59,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from x2ct.diffusion.guidance import ProjectionGuidance
 from x2ct.eval.figures import CasePlanes, case_grid, central_planes, save_figure
 from x2ct.eval.memory import PeakMemory, device_name, memory_note
 from x2ct.eval.metrics import (
@@ -61,6 +71,7 @@ from x2ct.eval.metrics import (
     load_lpips,
     to_unit_window,
 )
+from x2ct.eval.reconstruct import add_guidance_arguments, check_guidance_arguments, options
 from x2ct.fileio import atomic_path
 
 __all__ = ["DEFAULT_PHANTOM_SEED", "TABLE_COLUMNS", "main", "markdown_table", "summarise"]
@@ -82,6 +93,8 @@ TABLE_COLUMNS = [
     ("dice_vertebra_mean", "Dice vertebra", ".3f"),
     ("projection_error", "proj. error", ".4f"),
     ("projection_error_rel", "proj. error rel", ".3f"),
+    ("pose_error_deg", "pose err deg", ".2f"),
+    ("pose_error_mm", "pose err mm", ".2f"),
     ("lpips", "LPIPS", ".4f"),
 ]
 
@@ -93,6 +106,7 @@ class Row:
     kind: str  # "model", "autoencoder" or "mean-ct"
     path: str | None = None
     settings: dict = field(default_factory=dict)
+    mode: str = "plain"  # model rows: "plain", "pc" (projection guidance) or "pose"
 
 
 def _named(spec: str) -> tuple[str | None, str]:
@@ -102,6 +116,9 @@ def _named(spec: str) -> tuple[str | None, str]:
         if name and "/" not in name and os.sep not in name:
             return name, path
     return None, spec
+
+
+MODE_SUFFIX = {"plain": "", "pc": " + pc", "pose": " + pose"}
 
 
 def _default_name(path: str, kind: str) -> str:
@@ -218,8 +235,15 @@ def markdown_table(summary: dict) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python eval/evaluate.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", action="append", default=[], metavar="[NAME=]DIR",
+    p.add_argument("--model", action="append", dest="models", default=[], metavar="[NAME=]DIR",
+                   type=lambda spec: ("plain", spec),
                    help="saved pipeline folder (repeat for one row each)")
+    p.add_argument("--pc-model", action="append", dest="models", metavar="[NAME=]DIR",
+                   type=lambda spec: ("pc", spec),
+                   help="a pipeline row with projection-consistent sampling (--pc-*)")
+    p.add_argument("--pose-model", action="append", dest="models", metavar="[NAME=]DIR",
+                   type=lambda spec: ("pose", spec),
+                   help="a pipeline row with pose refinement (--pose-*)")
     p.add_argument("--autoencoder", action="append", default=[], metavar="[NAME=]DIR",
                    help="autoencoder folder: the round-trip ceiling row (repeatable)")
     p.add_argument("--baseline", action="append", default=[], choices=BASELINES,
@@ -248,7 +272,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (model's)")
     p.add_argument("--num-samples", type=int, default=1, help="samples averaged per case")
     p.add_argument("--batch-size", type=int, default=4, help="cases per reconstruction call")
-    p.add_argument("--seed", type=int, default=0, help="sampling noise seed")
+    p.add_argument("--seed", type=int, default=0, help="sampling noise (and pose jitter) seed")
+    add_guidance_arguments(p, pc_strength=ProjectionGuidance.strength, pose_rounds=1)
+    p.add_argument("--pose-jitter", type=float, nargs=2, default=None, metavar=("DEG", "MM"),
+                   help="render the test X-rays with random view poses: angles off by up to "
+                   "DEG degrees, detectors shifted by up to MM mm")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--bone-hu", type=float, default=BONE_HU)
     p.add_argument("--spine-margin-mm", type=float, default=SPINE_MARGIN_MM)
@@ -259,8 +287,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fid-slices", type=int, default=16, help="slices per plane and case, FID")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    if not (args.model or args.autoencoder or args.baseline):
+    if not (args.models or args.autoencoder or args.baseline):
         p.error("nothing to evaluate: give --model, --autoencoder and/or --baseline")
+    check_guidance_arguments(p, args)
+    if args.pose_rounds < 1 and any(mode == "pose" for mode, _ in args.models):
+        p.error("--pose-model rows need --pose-rounds >= 1")
+    if args.pose_jitter is not None and not all(v >= 0 for v in args.pose_jitter):
+        p.error("--pose-jitter DEG MM must be >= 0")
     if args.phantoms is not None and args.phantoms < 1:
         p.error("--phantoms must be >= 1")
     if args.num_samples < 1 or args.batch_size < 1:
@@ -287,7 +320,7 @@ def _check_inputs(args) -> dict:
     from x2ct.diffusion.pipeline import check_pipeline_dir
 
     rows, grids = [], []
-    for spec in args.model:
+    for mode, spec in args.models:
         name, path = _named(spec)
         try:
             check_pipeline_dir(path)
@@ -301,7 +334,8 @@ def _check_inputs(args) -> dict:
                           tuple(float(w) for w in ae["hu_window"])))
         except (KeyError, TypeError, ValueError) as e:
             _fail(f"{path}/config.json: not an x2ct pipeline config ({e})")
-        rows.append(Row(name or _default_name(path, "model"), "model", path))
+        rows.append(Row(name or _default_name(path, "model") + MODE_SUFFIX[mode], "model", path,
+                        mode=mode))
     for spec in args.autoencoder:
         name, path = _named(spec)
         try:
@@ -419,33 +453,84 @@ def _mean_ct(args, shape, spacing, window) -> tuple[torch.Tensor, dict]:
 
 
 # --------------------------------------------------------------------------- predictors
-def _predictor(row: Row, args, device, mean_hu, ref_geometry, ref_scale):
-    """(predict(gt_hu (B,1,X,Y,Z), ref_xrays (B,V,H,W)) -> (pred_hu, xrays, geometry,
-    xray_scale), settings, cleanup)."""
+def posed_xrays(hu: torch.Tensor, geometry, spacing, window, xray_scale: float,
+                pose: torch.Tensor) -> torch.Tensor:
+    """Normalised X-rays (B, V, H, W) of CTs ``hu`` (B, 1, X, Y, Z) taken along views moved
+    by ``pose`` (B, V, 3) = (d_angle deg, d_u mm, d_v mm): the datasets' rendering (HU
+    clipped to the window, ``hu_to_mu``, step 0.5 voxel) through ``project_posed``."""
+    from x2ct.data import hu_to_unit, unit_to_hu
+    from x2ct.projector import hu_to_mu, project_posed
+
+    mu = hu_to_mu(unit_to_hu(hu_to_unit(hu.float(), window), window))
+    with torch.no_grad():
+        drr = torch.cat([project_posed(mu[i:i + 1], geometry, pose[i], spacing)
+                         for i in range(hu.shape[0])])
+    return drr / xray_scale
+
+
+def draw_poses(n: int, num_views: int, max_deg: float, max_mm: float, seed: int) -> torch.Tensor:
+    """(n, V, 3) view poses, each offset uniform in [-max, max] (degrees; mm, mm)."""
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.tensor([max_deg, max_mm, max_mm], dtype=torch.float64)
+    return ((torch.rand(n, num_views, 3, generator=g, dtype=torch.float64) * 2 - 1) * scale).float()
+
+
+def pose_errors(fitted: torch.Tensor, truth: torch.Tensor) -> dict:
+    """Mean over views of |angle error| (degrees) and of the detector shift error's length
+    (mm) for one case's poses (V, 3)."""
+    d = fitted.float() - truth.float()
+    return {"pose_error_deg": float(d[:, 0].abs().mean()),
+            "pose_error_mm": float(d[:, 1:].norm(dim=1).mean())}
+
+
+def _predictor(row: Row, args, device, mean_hu, ref_geometry, ref_scale, spacing, window):
+    """(predict(gt_hu (B,1,X,Y,Z), xrays (B,V,H,W)) -> (pred_hu, extras per case),
+    xrays_for(gt_hu, ref_xrays, poses), geometry, xray_scale, settings)."""
     if row.kind == "model":
         from x2ct.diffusion import Reconstructor
 
         recon = Reconstructor.from_pretrained(row.path, device=device)
         c = recon.config
+        guidance, pose = options(args)
+        guidance = guidance if row.mode == "pc" else None
+        pose = pose if row.mode == "pose" else None
         settings = {"sampler": args.sampler or c.sampler,
                     "steps": args.steps if args.steps is not None else c.sampler_steps,
                     "guidance_scale": c.guidance_scale if args.guidance is None
                     else args.guidance,
                     "num_samples": args.num_samples}
+        if c.objective != "diffusion":
+            settings["objective"] = c.objective
+        if guidance is not None:
+            settings["projection_guidance"] = guidance.to_dict()
+        if pose is not None:
+            settings["pose_refinement"] = pose.to_dict()
         generator = torch.Generator().manual_seed(args.seed)
         same_views = recon.geometry == ref_geometry and c.xray_scale == ref_scale
 
-        def xrays_for(gt, ref_xrays):
-            return ref_xrays if same_views else recon.simulate_xrays(gt.to(recon.device)).cpu()
+        def xrays_for(gt, ref_xrays, poses):
+            if same_views:
+                return ref_xrays
+            if poses is None:
+                return recon.simulate_xrays(gt.to(recon.device)).cpu()
+            return posed_xrays(gt, recon.geometry, spacing, window, c.xray_scale, poses)
 
         def predict(gt, xrays):
             out = recon(xrays.to(device), sampler=settings["sampler"], steps=settings["steps"],
                         guidance_scale=settings["guidance_scale"],
-                        num_samples=args.num_samples, generator=generator)
-            return out.hu.float().cpu()
+                        num_samples=args.num_samples, generator=generator,
+                        projection_guidance=guidance, pose_refinement=pose)
+            extras = [{} for _ in range(gt.shape[0])]
+            for i, e in enumerate(extras):
+                if out.pose is not None:
+                    e["pose"] = out.pose[i].cpu()
+                if out.projection is not None:  # share of samples whose guided result was kept
+                    e["guided"] = float(out.projection["guided"][i].float().mean())
+            return out.hu.float().cpu(), extras
 
         return predict, xrays_for, recon.geometry, c.xray_scale, settings
-    keep = lambda gt, ref_xrays: ref_xrays
+    keep = lambda gt, ref_xrays, poses: ref_xrays
+    none = lambda gt: [{} for _ in range(gt.shape[0])]
     if row.kind == "autoencoder":
         from x2ct.autoencoder import CTAutoencoder
 
@@ -454,12 +539,12 @@ def _predictor(row: Row, args, device, mean_hu, ref_geometry, ref_scale):
         def predict(gt, xrays):
             with torch.no_grad():
                 x = ae.hu_to_input(gt.to(device))
-                return ae.output_to_hu(ae.reconstruct(x)).float().cpu()
+                return ae.output_to_hu(ae.reconstruct(x)).float().cpu(), none(gt)
 
         return predict, keep, ref_geometry, ref_scale, {"kind": ae.config.kind}
     if row.kind == "mean-ct":
-        return (lambda gt, xrays: mean_hu.expand(gt.shape[0], -1, -1, -1, -1).clone(), keep,
-                ref_geometry, ref_scale, {})
+        return (lambda gt, xrays: (mean_hu.expand(gt.shape[0], -1, -1, -1, -1).clone(), none(gt)),
+                keep, ref_geometry, ref_scale, {})
     raise ValueError(f"unknown row kind {row.kind!r}")
 
 
@@ -505,7 +590,13 @@ def main(argv=None) -> dict:
         labels = item.get("labels")
         cases.append({"id": item["id"], "hu": unit_to_hu(item["ct"], window).float(),
                       "labels": None if labels is None else labels[0].to(torch.int16),
-                      "xrays": item["xrays"]})
+                      "xrays": item["xrays"], "pose": None})
+    if args.pose_jitter is not None:  # the same random views for every row
+        poses = draw_poses(len(cases), geometry.num_views, *args.pose_jitter, seed=args.seed)
+        for c, pose in zip(tqdm(cases, desc="posed X-rays", disable=args.no_progress), poses):
+            c["pose"] = pose
+            c["xrays"] = posed_xrays(c["hu"][None], geometry, spacing, window, xray_scale,
+                                     pose[None])[0]
     mean_hu, mean_info = (_mean_ct(args, shape, spacing, window) if "mean-ct" in args.baseline
                           else (None, None))
 
@@ -516,16 +607,17 @@ def main(argv=None) -> dict:
     for row in rows:
         bar.set_postfix(method=row.name)
         predict, xrays_for, row_geometry, row_scale, settings = _predictor(
-            row, args, device, mean_hu, geometry, xray_scale)
+            row, args, device, mean_hu, geometry, xray_scale, spacing, window)
         row.settings = settings
         fid = SliceFID(fid_net, args.fid_slices, device=device) if fid_net is not None else None
         results, planes, seconds, peaks = [], [], [], []
         for start in range(0, len(cases), args.batch_size):
             batch = cases[start:start + args.batch_size]
             gt = torch.stack([c["hu"] for c in batch])  # (B, 1, X, Y, Z)
-            xrays = xrays_for(gt, torch.stack([c["xrays"] for c in batch]))
+            poses = None if args.pose_jitter is None else torch.stack([c["pose"] for c in batch])
+            xrays = xrays_for(gt, torch.stack([c["xrays"] for c in batch]), poses)
             with PeakMemory(device) as mem:
-                pred = predict(gt, xrays)
+                pred, extras = predict(gt, xrays)
             seconds.append(mem.seconds / len(batch))
             peaks.append(mem.mb)
             for i, c in enumerate(batch):
@@ -533,6 +625,11 @@ def main(argv=None) -> dict:
                                  geometry=row_geometry, xray_scale=row_scale, hu_window=window,
                                  bone_hu=args.bone_hu, spine_margin_mm=args.spine_margin_mm,
                                  lpips_net=lpips_net, lpips_slices=args.lpips_slices)
+                if c["pose"] is not None and row.kind == "model":  # nominal views unless fitted
+                    m.update(pose_errors(extras[i].get("pose", torch.zeros_like(c["pose"])),
+                                         c["pose"]))
+                if "guided" in extras[i]:
+                    m["guided"] = extras[i]["guided"]
                 m["seconds"] = mem.seconds / len(batch)
                 results.append(m)
                 per_case.append({"method": row.name, "case": c["id"], **m})
@@ -575,6 +672,8 @@ def main(argv=None) -> dict:
             "spine_margin_mm": args.spine_margin_mm, "geometry": geometry.to_dict(),
             "xray_scale": xray_scale, "fid_net": args.fid_net, "fid_slices": args.fid_slices,
             "lpips_slices": args.lpips_slices,
+            "pose_jitter": None if args.pose_jitter is None else
+            {"max_angle_deg": args.pose_jitter[0], "max_shift_mm": args.pose_jitter[1]},
             "data": ({"kind": "phantoms", "n": args.phantoms, "seed": args.phantom_seed,
                       "region": args.region} if args.phantoms is not None else
                      {"kind": "folder", "root": str(args.data), "split": args.split,

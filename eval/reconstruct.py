@@ -82,6 +82,43 @@ def prepare_ct(path: str | os.PathLike, spacing, shape, window) -> torch.Tensor:
     return unit_to_hu(hu_to_unit(hu, window), window)[None]
 
 
+# --------------------------------------------------------------------------- options
+def add_guidance_arguments(
+    p: argparse.ArgumentParser, pc_strength: float | None = None, pose_rounds: int = 0
+) -> None:
+    """The ``--pc-*`` (projection-consistent sampling) and ``--pose-*`` (pose refinement)
+    flags, shared with eval/evaluate.py. Here both are off by default (strength None, 0
+    rounds); evaluate.py passes the defaults its ``--pc-model``/``--pose-model`` rows use."""
+    off = pc_strength is None
+    p.add_argument(
+        "--pc-strength",
+        type=float,
+        default=pc_strength,
+        help="projection-consistent sampling: latent RMS of each correction step "
+        + ("(default: off)" if off else f"(default {pc_strength})"),
+    )
+    p.add_argument("--pc-steps", type=int, default=5, help="last sampler steps corrected")
+    p.add_argument("--pc-inner", type=int, default=3, help="gradient steps per correction")
+    p.add_argument(
+        "--pose-rounds",
+        type=int,
+        default=pose_rounds,
+        help="pose refinement rounds: fit view angles and detector offsets, reconstruct again "
+        + ("(default 0: off)" if pose_rounds == 0 else f"(default {pose_rounds})"),
+    )
+    p.add_argument("--pose-iters", type=int, default=60, help="Adam iterations per pose fit")
+    p.add_argument("--pose-lr", type=float, default=0.3, help="pose fit step, degrees and mm")
+
+
+def check_guidance_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.pc_strength is not None and not (
+        args.pc_strength > 0 and args.pc_steps >= 1 and args.pc_inner >= 1
+    ):
+        p.error("--pc-strength must be > 0, --pc-steps and --pc-inner >= 1")
+    if args.pose_rounds < 0 or args.pose_iters < 1 or not args.pose_lr > 0:
+        p.error("--pose-rounds must be >= 0, --pose-iters >= 1 and --pose-lr > 0")
+
+
 # --------------------------------------------------------------------------- command line
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -108,22 +145,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-samples", type=int, default=1, help="samples; >1 writes std.nii.gz")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--pc-strength",
-        type=float,
-        default=None,
-        help="projection-consistent sampling: latent RMS of each correction step (default: off)",
-    )
-    p.add_argument("--pc-steps", type=int, default=5, help="last sampler steps corrected")
-    p.add_argument("--pc-inner", type=int, default=3, help="gradient steps per correction")
-    p.add_argument(
-        "--pose-rounds",
-        type=int,
-        default=0,
-        help="pose refinement rounds (fit view angles and detector offsets; default 0: off)",
-    )
-    p.add_argument("--pose-iters", type=int, default=60, help="Adam iterations per pose fit")
-    p.add_argument("--pose-lr", type=float, default=0.3, help="pose fit step, degrees and mm")
+    add_guidance_arguments(p)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     if args.ap is not None and args.lateral is None:
@@ -132,12 +154,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--lateral needs --ap: the model reconstructs from both views")
     if args.num_samples < 1:
         p.error("--num-samples must be >= 1")
-    if args.pc_strength is not None and not (
-        args.pc_strength > 0 and args.pc_steps >= 1 and args.pc_inner >= 1
-    ):
-        p.error("--pc-strength must be > 0, --pc-steps and --pc-inner >= 1")
-    if args.pose_rounds < 0 or args.pose_iters < 1 or not args.pose_lr > 0:
-        p.error("--pose-rounds must be >= 0, --pose-iters >= 1 and --pose-lr > 0")
+    check_guidance_arguments(p, args)
     return args
 
 
