@@ -26,3 +26,31 @@ def test_shipped_model_reconstructs_a_held_out_phantom():
     scores = ct_metrics(out.hu, truth)
     # The mean training CT scores 24.2 +- 0.9 dB / SSIM 0.68 on held-out phantoms.
     assert scores["psnr"] > 27.0 and scores["ssim"] > 0.85, scores
+
+
+def test_pose_refinement_recovers_views_taken_off_pose():
+    """X-rays of a held-out phantom taken with each view a few degrees off and its detector
+    a few mm shifted (projector/pose.py): the shipped model reconstructs worse from them;
+    pose refinement moves the views toward the truth and wins back part of the loss."""
+    from x2ct.diffusion import PoseRefinement
+    from x2ct.eval.evaluate import pose_errors, posed_xrays
+
+    truth_pose = torch.tensor([[2.5, 2.0, -1.0], [-2.0, -1.5, 2.5]])  # deg, mm, mm per view
+    recon = Reconstructor.from_pretrained(MODEL)
+    window = recon.autoencoder.config.hu_window
+    item = PhantomDataset(1, seed=90001, geometry=recon.geometry)[0]
+    truth = unit_to_hu(item["ct"])[None]
+    xrays = posed_xrays(truth, recon.geometry, recon.spacing, window, recon.config.xray_scale,
+                        truth_pose[None])
+    plain = recon(xrays, steps=10, generator=torch.Generator().manual_seed(0))
+    posed = recon(xrays, steps=10, generator=torch.Generator().manual_seed(0),
+                  pose_refinement=PoseRefinement(rounds=1, iters=60, lr=0.3))
+    before = pose_errors(torch.zeros(2, 3), truth_pose)
+    after = pose_errors(posed.pose[0], truth_pose)
+    # On three held-out phantoms with poses up to 3 deg / 4 mm the fit removed 40-75% of the
+    # angle error and 45-65% of the shift error, and PSNR rose by 1.6-1.9 dB (of the 2-3 dB
+    # the off-pose views cost); asking for 25% and 0.5 dB still fails a fit that drifts.
+    assert after["pose_error_deg"] < 0.75 * before["pose_error_deg"], (posed.pose, truth_pose)
+    assert after["pose_error_mm"] < 0.75 * before["pose_error_mm"], (posed.pose, truth_pose)
+    gain = ct_metrics(posed.hu, truth, window)["psnr"] - ct_metrics(plain.hu, truth, window)["psnr"]
+    assert gain > 0.5, gain
