@@ -197,8 +197,11 @@ def spine_centre(image, mask=None, bone_hu: float = BONE_HU) -> np.ndarray:
 class CropPadToSpined(MapTransform):
     """Crop or pad every key to ``spatial_size`` around the spine's centre
     (:func:`spine_centre`: the mask's centroid when ``mask_key`` holds one, else the
-    centroid of bone, HU > ``bone_hu``, in ``image_key``). Images pad with ``pad_hu``
-    (air), labels (``mask_key``) with 0. MetaTensor affines follow the crop. Not invertible.
+    centroid of bone, HU > ``bone_hu``, in ``image_key``), which lands on voxel
+    ``centre_at`` (x, y, z) of the output (default: its middle, ``(size - 1) / 2``; a
+    model's ``spine_position`` puts a new CT's spine where its training CTs had theirs).
+    Images pad with ``pad_hu`` (air), labels (``mask_key``) with 0. MetaTensor affines
+    follow the crop. Not invertible.
     """
 
     def __init__(
@@ -209,12 +212,18 @@ class CropPadToSpined(MapTransform):
         mask_key: str | None = "label",
         bone_hu: float = BONE_HU,
         pad_hu: float = AIR_HU,
+        centre_at: Sequence[float] | None = None,
         allow_missing_keys: bool = False,
     ):
         super().__init__(keys, allow_missing_keys)
         self.size = tuple(int(s) for s in spatial_size)
         if len(self.size) != 3 or min(self.size) < 1:
             raise ValueError(f"spatial_size must be three positive ints, got {spatial_size!r}")
+        if centre_at is None:
+            centre_at = [(s - 1) / 2 for s in self.size]
+        self.centre_at = tuple(float(c) for c in centre_at)
+        if len(self.centre_at) != 3 or not all(math.isfinite(c) for c in self.centre_at):
+            raise ValueError(f"centre_at must be three voxel coordinates, got {centre_at!r}")
         self.image_key, self.mask_key = image_key, mask_key
         self.bone_hu, self.pad_hu = float(bone_hu), float(pad_hu)
 
@@ -222,7 +231,7 @@ class CropPadToSpined(MapTransform):
         d = dict(data)
         mask = d.get(self.mask_key) if self.mask_key is not None else None
         centre = spine_centre(d[self.image_key], mask, self.bone_hu)
-        start = [int(round(c - (s - 1) / 2)) for c, s in zip(centre, self.size)]
+        start = [int(round(c - at)) for c, at in zip(centre, self.centre_at)]
         for key in self.key_iterator(d):
             fill = 0.0 if key == self.mask_key else self.pad_hu
             d[key] = _crop_pad(d[key], start, self.size, fill)
@@ -265,11 +274,13 @@ def preprocess(
     label_key: str = "label",
     antialias: bool = True,
     normalise: bool = True,
+    spine_position: Sequence[float] | None = None,
 ) -> Compose:
     """MONAI pipeline from ``{image_key: ct_path, label_key: mask_path or None}`` to
-    ``image`` (1, *shape) float32 at ``spacing`` (mm), centred on the spine, in [-1, 1]
-    (HU if ``normalise=False``), and ``label`` (1, *shape) (nearest-neighbour resampled,
-    float; cast it to int) when a mask was given.
+    ``image`` (1, *shape) float32 at ``spacing`` (mm), centred on the spine (its centre on
+    voxel ``spine_position`` when given, ``CropPadToSpined``), in [-1, 1] (HU if
+    ``normalise=False``), and ``label`` (1, *shape) (nearest-neighbour resampled, float;
+    cast it to int) when a mask was given.
     """
     spacing = tuple(float(s) for s in spacing)
     if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
@@ -291,7 +302,12 @@ def preprocess(
             allow_missing_keys=True,
         ),
         CropPadToSpined(
-            keys, shape, image_key=image_key, mask_key=label_key, allow_missing_keys=True
+            keys,
+            shape,
+            image_key=image_key,
+            mask_key=label_key,
+            centre_at=spine_position,
+            allow_missing_keys=True,
         ),
     ]
     if normalise:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,10 @@ class LatentDiffusionConfig:
     backproject_channels: int = 8  # feature channels back-projected per view
     geometry: dict = field(default_factory=default_geometry)  # Geometry.to_dict()
     xray_scale: float = DRR_SCALE  # network X-rays are line integrals / xray_scale
+    # where preprocessing puts a new CT's spine (eval/reconstruct.py --ct): voxel (x, y, z)
+    # of the CT grid, the training CTs' mean bone centroid (x2ct.data.spine_centre, no
+    # mask; train/latent.py measures it); None: the grid's middle
+    spine_position: tuple[float, float, float] | None = None
     # --- training objective: "diffusion" (denoise noisy latents; sampled) or "regression"
     # (the deterministic baseline: the same networks predict the latent in one pass,
     # diffusion/regression.py; the sampler and guidance settings are then unused)
@@ -81,6 +86,14 @@ class LatentDiffusionConfig:
         self.unet_channels = tuple(int(c) for c in self.unet_channels)
         self.attention_levels = tuple(bool(a) for a in self.attention_levels)
         self.encoder_channels = tuple(int(c) for c in self.encoder_channels)
+        if self.spine_position is not None:
+            self.spine_position = tuple(float(c) for c in self.spine_position)
+            if len(self.spine_position) != 3 or not all(
+                math.isfinite(c) for c in self.spine_position
+            ):
+                raise ValueError(
+                    f"spine_position must be three voxel coordinates, got {self.spine_position}"
+                )
         self.geometry = self.geometry_obj.to_dict()  # validates and normalises
         if self.latent_channels < 1:
             raise ValueError(f"latent_channels must be >= 1, got {self.latent_channels}")

@@ -8,8 +8,9 @@
   model's detector. A ``geometry.json`` beside the AP image (as ``python -m x2ct.projector``
   writes) or ``--geometry`` declares their geometry; one that is not the model's is
   refused unless ``--allow-geometry-mismatch``.
-- ``--ct``: a NIfTI CT, resampled to the model's spacing and cropped/padded around the
-  spine to its shape (``x2ct.data.preprocess``); its X-rays are simulated with the model's
+- ``--ct``: a NIfTI CT, resampled to the model's spacing and cropped/padded to its shape
+  with the spine's bone centroid where the training CTs had theirs (the config's
+  ``spine_position``; ``x2ct.data.preprocess``); its X-rays are simulated with the model's
   geometry and the reconstruction is scored against it (PSNR, SSIM over the HU window,
   MAE in HU, projection error: ``x2ct.eval.metrics``).
 
@@ -72,12 +73,16 @@ def load_xray_pair(ap: str | os.PathLike, lateral: str | os.PathLike, shape) -> 
     return torch.from_numpy(np.stack(views))[None]
 
 
-def prepare_ct(path: str | os.PathLike, spacing, shape, window) -> torch.Tensor:
-    """A NIfTI CT as HU (1, 1, X, Y, Z) at ``spacing``, cropped/padded around the spine to
-    ``shape``, HU clipped to ``window`` (what training sees)."""
+def prepare_ct(path: str | os.PathLike, spacing, shape, window, spine_position=None
+               ) -> torch.Tensor:
+    """A NIfTI CT as HU (1, 1, X, Y, Z) at ``spacing``, cropped/padded to ``shape`` with
+    its spine's bone centroid on voxel ``spine_position`` (a model's config: where its
+    training CTs had theirs; None: the middle), HU clipped to ``window`` (what training
+    sees)."""
     from x2ct.data import hu_to_unit, preprocess, unit_to_hu
 
-    d = preprocess(spacing, shape, window, normalise=False)({"image": str(path), "label": None})
+    pipeline = preprocess(spacing, shape, window, normalise=False, spine_position=spine_position)
+    d = pipeline({"image": str(path), "label": None})
     hu = torch.as_tensor(np.asarray(d["image"]), dtype=torch.float32)  # (1, X, Y, Z)
     return unit_to_hu(hu_to_unit(hu, window), window)[None]
 
@@ -223,7 +228,7 @@ def main(argv=None) -> dict:
                     + ("" if declared == trained else " (differs from the model's)")
                 )
         elif args.ct is not None:
-            gt_hu = prepare_ct(args.ct, spacing, ct_shape, window)
+            gt_hu = prepare_ct(args.ct, spacing, ct_shape, window, config.get("spine_position"))
     except (ValueError, OSError, KeyError, TypeError) as e:
         raise SystemExit(f"error: {e}") from e
 

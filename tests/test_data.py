@@ -170,6 +170,12 @@ def test_crop_pad_centres_on_bone_and_pads_air():
     label[0, 14:17, 3:6, 9:12] = 20
     d = CropPadToSpined(["image", "label"], (8, 8, 8))({"image": hu, "label": label})
     np.testing.assert_allclose(np.argwhere(d["label"][0] > 0).mean(0), [3.5, 3.5, 3.5], atol=0.6)
+    # centre_at puts the spine elsewhere than the middle (a model's spine_position)
+    out = CropPadToSpined(["image"], (12, 12, 12), mask_key=None, centre_at=(3.0, 7.0, 9.0))(
+        {"image": hu})["image"]
+    np.testing.assert_allclose(np.argwhere(out[0] > 250).mean(0), [3.0, 7.0, 9.0], atol=0.6)
+    with pytest.raises(ValueError, match="centre_at"):
+        CropPadToSpined(["image"], (12, 12, 12), centre_at=(1.0, 2.0))
 
 
 def test_preprocess_reorients_resamples_and_centres(tmp_path):

@@ -2,10 +2,21 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
-from latent_helpers import PYTHON, REPO, one_thread, run_script, tiny_autoencoder, train_args  # noqa: F401
+from latent_helpers import (  # noqa: F401
+    CT_SHAPE,
+    PYTHON,
+    REPO,
+    SPACING,
+    one_thread,
+    run_script,
+    tiny_autoencoder,
+    train_args,
+)
 
+from x2ct.data import spine_centre, spine_phantom
 from x2ct.diffusion import Reconstructor
 from x2ct.train.checkpoint import find_latest_checkpoint
 from x2ct.train.latent import main
@@ -36,6 +47,11 @@ def test_training_writes_the_pipeline_and_resumes_exactly(tmp_path, autoencoder_
     assert set(metrics["val"]) == {"psnr", "ssim", "mae_hu", "projection_error"}
     recon = Reconstructor.from_pretrained(full / "model")
     assert recon.config.latent_size == (4, 4, 4) and recon.config.geometry_aware
+    # where the training CTs' spines were: reconstruct.py --ct puts a new CT's there
+    window = recon.autoencoder.config.hu_window
+    centres = [spine_centre(np.clip(spine_phantom(CT_SHAPE, SPACING, seed=s).hu, *window))
+               for s in range(4)]  # the four training phantoms (seeds 0-3, lumbar)
+    assert recon.config.spine_position == pytest.approx(tuple(np.mean(centres, 0)), abs=1e-4)
     assert (full / "model" / "autoencoder" / "model.safetensors").is_file()
     out = recon(torch.rand(1, 2, *recon.config.xray_shape), steps=2)
     assert out.hu.shape == (1, 1, 16, 16, 16)

@@ -45,7 +45,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from tqdm.auto import tqdm
 
 from x2ct.autoencoder import CTAutoencoder
-from x2ct.data import PhantomDataset, default_geometry, unit_to_hu
+from x2ct.data import PhantomDataset, default_geometry, spine_centre, unit_to_hu
 from x2ct.diffusion import (
     LATENT_DIFFUSION_CONFIGS,
     DiffusionLoss,
@@ -219,13 +219,20 @@ def phantoms(seeds: list[int], regions: list[str], **kw) -> Dataset | list:
 
 @torch.no_grad()
 def encode_dataset(dataset, autoencoder, device, desc: str, show: bool) -> dict[str, torch.Tensor]:
-    """Latents (N, C, x, y, z) and X-rays (N, V, H, W) of every case."""
-    latents, xrays = [], []
+    """Latents (N, C, x, y, z), X-rays (N, V, H, W) and spine centres (N, 3) (voxel bone
+    centroid, ``x2ct.data.spine_centre``) of every case."""
+    window = autoencoder.config.hu_window
+    latents, xrays, centres = [], [], []
     for i in tqdm(range(len(dataset)), desc=desc, disable=not show, leave=False):
         item = dataset[i]
         latents.append(autoencoder.encode(item["ct"][None].to(device)).cpu())
         xrays.append(item["xrays"][None])
-    return {"latents": torch.cat(latents).contiguous(), "xrays": torch.cat(xrays).contiguous()}
+        centres.append(torch.from_numpy(spine_centre(unit_to_hu(item["ct"], window).numpy())))
+    return {
+        "latents": torch.cat(latents).contiguous(),
+        "xrays": torch.cat(xrays).contiguous(),
+        "spine_centres": torch.stack(centres).double(),
+    }
 
 
 def load_latent_cache(accelerator, path: Path, key: str, build) -> dict[str, torch.Tensor]:
@@ -318,6 +325,7 @@ def main(argv=None) -> Path:
                 "seeds": train_seeds,
                 "regions": args.regions,
                 "data": {k: str(v) for k, v in data_kw.items()},
+                "cache_format": 2,  # 2: spine_centres added
             },
             sort_keys=True,
         ).encode()
@@ -343,6 +351,7 @@ def main(argv=None) -> Path:
         downsample_factor=ae_config.downsample_factor,
         geometry=geometry.to_dict(),
         xray_scale=DRR_SCALE,
+        spine_position=tuple(cache["spine_centres"].mean(0).tolist()),
         **config_overrides(args),
     )
     model = LatentDenoiser(config)
