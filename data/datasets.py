@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -37,6 +39,7 @@ __all__ = [
     "CTCase",
     "CTFolderDataset",
     "PhantomDataset",
+    "phantom_offset",
     "SPLITS",
     "ct_to_drr",
     "default_cache_dir",
@@ -189,6 +192,16 @@ class _Base(Dataset):
 # --- phantoms --------------------------------------------------------------------------------
 
 
+def phantom_offset(seed: int, max_shift_mm: float) -> tuple[float, float, float]:
+    """The (x, y, z) mm offset of phantom ``seed``'s anatomy: uniform in
+    [-max_shift_mm, max_shift_mm] per axis from its own stream (the phantom's anatomy,
+    drawn from ``seed`` alone, does not change with it)."""
+    if max_shift_mm == 0:
+        return (0.0, 0.0, 0.0)
+    rng = np.random.default_rng([int(seed), 0x0FF5E7])
+    return tuple(float(v) for v in rng.uniform(-max_shift_mm, max_shift_mm, 3))
+
+
 class PhantomDataset(_Base):
     """Procedural spine phantoms (:func:`x2ct.data.phantom.spine_phantom`) made on the fly.
 
@@ -209,6 +222,9 @@ class PhantomDataset(_Base):
         split_fractions, split_seed: see :func:`split_ids`.
         window: HU window mapped to [-1, 1].
         cache_size: cases memoised (0: none).
+        max_shift_mm: each phantom's anatomy sits off the volume's centre by an offset
+            drawn uniformly in [-max_shift_mm, max_shift_mm] mm per axis, fixed by its seed
+            (:func:`phantom_offset`; patients are never placed alike). 0: all centred alike.
     """
 
     def __init__(
@@ -226,9 +242,13 @@ class PhantomDataset(_Base):
         split_seed: int = 0,
         window: Sequence[float] = HU_WINDOW,
         cache_size: int = 64,
+        max_shift_mm: float = 0.0,
     ):
         if int(n) < 0:
             raise ValueError(f"n must be non-negative, got {n}")
+        if not (math.isfinite(max_shift_mm) and max_shift_mm >= 0):
+            raise ValueError(f"max_shift_mm must be >= 0 mm, got {max_shift_mm}")
+        self.max_shift_mm = float(max_shift_mm)
         if region not in REGIONS:
             raise ValueError(f"region must be one of {REGIONS}, got {region!r}")
         self.shape = tuple(int(s) for s in shape)
@@ -250,7 +270,10 @@ class PhantomDataset(_Base):
         if index in self._cache:
             self._cache.move_to_end(index)
             return self._cache[index]
-        ph = spine_phantom(self.shape, self.spacing, seed=self.seeds[index], region=self.region)
+        seed = self.seeds[index]
+        offset = phantom_offset(seed, self.max_shift_mm)
+        ph = spine_phantom(self.shape, self.spacing, seed=seed, region=self.region,
+                           offset_mm=offset)
         ct = hu_to_unit(torch.from_numpy(ph.hu), self.window)[None]  # (1, X, Y, Z)
         drr = ct_to_drr(ct, self.geometry, self.spacing, self.window)  # (V, H, W)
         case = (ct, drr, torch.from_numpy(ph.labels)[None])

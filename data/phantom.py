@@ -313,13 +313,15 @@ def _build_column(rng: np.random.Generator, region: str, fov: np.ndarray) -> _Co
 
 
 class _Canvas:
-    """Full-volume distance fields that the shapes are min-ed into."""
+    """Full-volume distance fields that the shapes are min-ed into. World coordinates are
+    mm from the volume's centre, less ``offset`` (the anatomy sits ``offset`` mm off it)."""
 
-    def __init__(self, shape, spacing):
+    def __init__(self, shape, spacing, offset=(0.0, 0.0, 0.0)):
         self.shape = shape
         self.spacing = spacing
         self.axes = [
-            ((np.arange(n) - (n - 1) / 2) * s).astype(np.float32) for n, s in zip(shape, spacing)
+            ((np.arange(n) - (n - 1) / 2) * s - o).astype(np.float32)
+            for n, s, o in zip(shape, spacing, offset)
         ]
         big = np.float32(1e4)
         self.d_bone = np.full(shape, big, np.float32)  # vertebrae
@@ -601,6 +603,7 @@ def spine_phantom(
     spacing: float | Sequence[float] = (2.0, 2.0, 2.0),
     seed: int = 0,
     region: str = "lumbar",
+    offset_mm: Sequence[float] = (0.0, 0.0, 0.0),
 ) -> Phantom:
     """Draw a spine CT phantom.
 
@@ -611,6 +614,8 @@ def spine_phantom(
             seed, shape and spacing give the same phantom.
         region: ``"lumbar"`` (centred near L3; T11-T12 ribs and lung bases show when the
             view is tall) or ``"thoracic"`` (centred near T7; ribs and lungs).
+        offset_mm: (x, y, z) mm by which the whole anatomy sits off the volume's centre
+            (patients are never placed alike; the seed draws the same anatomy, moved).
 
     Returns:
         :class:`Phantom`: ``hu`` (X, Y, Z) float32, ``labels`` (X, Y, Z) int16 (VerSe ids,
@@ -625,7 +630,10 @@ def spine_phantom(
     width = float(np.mean(spacing))  # partial-volume ramp of every boundary, mm
 
     column = _build_column(rng, region, fov)
-    canvas = _Canvas(shape, spacing)
+    offset = tuple(float(o) for o in np.broadcast_to(np.asarray(offset_mm, float), (3,)))
+    if not all(math.isfinite(o) for o in offset):
+        raise ValueError(f"offset_mm must be three finite numbers (mm), got {offset_mm!r}")
+    canvas = _Canvas(shape, spacing, offset)
     x, y, z = canvas.axes
     pr = _profiles(column, z)
     thoracic = region == "thoracic"

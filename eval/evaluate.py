@@ -260,6 +260,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--phantom-seed", type=int, default=DEFAULT_PHANTOM_SEED,
                    help="seed of the first test phantom")
     p.add_argument("--region", default="lumbar", choices=("lumbar", "thoracic"))
+    p.add_argument("--max-shift-mm", type=float, default=0.0,
+                   help="test phantoms' anatomy off centre by up to this many mm per axis "
+                   "(x2ct.data.phantom_offset; default 0, as training phantoms by default)")
     p.add_argument("--train-seed", type=int, default=0, help="first training phantom seed")
     p.add_argument("--n-train-mean", type=int, default=16,
                    help="training CTs averaged for mean-ct (phantoms; a folder: at most this)")
@@ -298,6 +301,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--phantoms must be >= 1")
     if args.num_samples < 1 or args.batch_size < 1:
         p.error("--num-samples and --batch-size must be >= 1")
+    if not args.max_shift_mm >= 0 or (args.max_shift_mm and args.data is not None):
+        p.error("--max-shift-mm must be >= 0 and applies to --phantoms only")
     return args
 
 
@@ -417,7 +422,7 @@ def _test_dataset(args, shape, spacing, window, geometry, xray_scale):
 
         return PhantomDataset(args.phantoms, seed=args.phantom_seed, shape=shape, spacing=spacing,
                               geometry=geometry, region=args.region, xray_scale=xray_scale,
-                              window=window, cache_size=0)
+                              window=window, cache_size=0, max_shift_mm=args.max_shift_mm)
     from x2ct.data import CTFolderDataset
 
     return CTFolderDataset(args.data, spacing=spacing, shape=shape, geometry=geometry,
@@ -675,7 +680,8 @@ def main(argv=None) -> dict:
             "pose_jitter": None if args.pose_jitter is None else
             {"max_angle_deg": args.pose_jitter[0], "max_shift_mm": args.pose_jitter[1]},
             "data": ({"kind": "phantoms", "n": args.phantoms, "seed": args.phantom_seed,
-                      "region": args.region} if args.phantoms is not None else
+                      "region": args.region, "max_shift_mm": args.max_shift_mm}
+                     if args.phantoms is not None else
                      {"kind": "folder", "root": str(args.data), "split": args.split,
                       "ids": [c["id"] for c in cases]}),
         },

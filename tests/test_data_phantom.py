@@ -90,6 +90,40 @@ def test_spine_is_centred(lumbar, thoracic):
         assert np.all(np.abs(offset_mm[:2]) < 15.0), offset_mm
 
 
+def test_offset_moves_the_whole_anatomy(lumbar):
+    """A whole-voxel offset moves every structure by that many voxels (labels exactly;
+    the noise texture stays on the grid) and nothing else."""
+    moved = spine_phantom(SHAPE, SPACING, seed=3, region="lumbar", offset_mm=(6.0, -3.0, 9.0))
+    rolled = np.roll(lumbar.labels, (2, -1, 3), axis=(0, 1, 2))
+    inner = (slice(4, -4),) * 3
+    assert np.array_equal(moved.labels[inner], rolled[inner])
+    assert not np.array_equal(moved.labels, lumbar.labels)
+    zero = spine_phantom(SHAPE, SPACING, seed=3, region="lumbar", offset_mm=0.0)
+    assert np.array_equal(zero.hu, lumbar.hu)
+    with pytest.raises(ValueError, match="offset_mm"):
+        spine_phantom(SHAPE, SPACING, seed=3, offset_mm=(1.0, float("nan"), 0.0))
+
+
+def test_dataset_places_each_phantom_at_its_own_offset():
+    import torch
+
+    from x2ct.data import PhantomDataset, phantom_offset
+
+    plain = PhantomDataset(3, seed=10, shape=SHAPE, spacing=SPACING)
+    shifted = PhantomDataset(3, seed=10, shape=SHAPE, spacing=SPACING, max_shift_mm=6.0)
+    offsets = np.array([phantom_offset(s, 6.0) for s in shifted.seeds])
+    assert np.all(np.abs(offsets) <= 6.0) and len({tuple(o) for o in offsets}) == 3
+    assert phantom_offset(10, 6.0) == phantom_offset(10, 6.0) and phantom_offset(10, 0) == (0, 0, 0)
+    for i, offset in enumerate(offsets):
+        a, b = plain[i]["labels"][0].numpy(), shifted[i]["labels"][0].numpy()
+        # L3 (VerSe 22), in the middle of a lumbar phantom: wholly inside either way
+        moved = np.argwhere(b == 22).mean(0) - np.argwhere(a == 22).mean(0)  # voxels
+        np.testing.assert_allclose(moved * np.array(SPACING), offset, atol=0.5 * SPACING[0])
+        assert not torch.equal(plain[i]["xrays"], shifted[i]["xrays"])
+    with pytest.raises(ValueError, match="max_shift_mm"):
+        PhantomDataset(1, max_shift_mm=-1.0)
+
+
 def test_posterior_elements():
     ph = spine_phantom((64, 64, 48), (1.5, 1.5, 2.0), seed=1)
     labels, spacing = ph.labels, np.array(ph.spacing)

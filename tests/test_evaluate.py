@@ -58,7 +58,8 @@ def test_evaluate_phantoms_writes_every_output(models, tmp_path, monkeypatch, ca
         assert key in saved, key
     s = saved["settings"]
     assert (s["sampler"], s["steps"], s["num_samples"], s["batch_size"]) == ("ddim", 2, 1, 2)
-    assert s["data"] == {"kind": "phantoms", "n": 2, "seed": 90000, "region": "lumbar"}
+    assert s["data"] == {"kind": "phantoms", "n": 2, "seed": 90000, "region": "lumbar",
+                         "max_shift_mm": 0.0}
     assert set(saved["git"]) == {"commit", "dirty"}
     assert saved["unavailable"] == {}  # LPIPS stood in, FID had its network
     names = [r["name"] for r in saved["rows"]]

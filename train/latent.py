@@ -95,7 +95,7 @@ RESUMABLE = {
 }
 # Flags added after runs were started: a run folder whose args.json lacks one ran with
 # this value, so resuming it with today's default is the same run.
-ADDED_FLAGS = {"objective": "diffusion"}
+ADDED_FLAGS = {"objective": "diffusion", "max_shift_mm": 0.0}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -151,6 +151,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=["lumbar"],
         help="phantom regions, assigned to seeds in turn (seed %% len), as train/autoencoder.py",
     )
+    p.add_argument(
+        "--max-shift-mm",
+        type=float,
+        default=0.0,
+        help="place each phantom's anatomy off centre by up to this many mm per axis (fixed "
+        "per seed, x2ct.data.phantom_offset), so the model reads the position from the "
+        "X-rays instead of learning one (default 0: all alike)",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     add_optimisation_args(p, lr=3e-4, schedule="constant", ema_decay=0.999)
     add_run_args(
@@ -163,6 +171,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--val-steps", type=int, default=25, help="DDIM steps of validation samples")
     args = p.parse_args(argv)
+    if not args.max_shift_mm >= 0:
+        p.error(f"--max-shift-mm must be >= 0, got {args.max_shift_mm}")
     if args.max_minutes is not None and args.max_minutes <= 0:
         args.max_minutes = None
     return args
@@ -313,6 +323,7 @@ def main(argv=None) -> Path:
         geometry=geometry,
         window=ae_config.hu_window,
         xray_scale=DRR_SCALE,
+        max_shift_mm=args.max_shift_mm,
     )
     train_seeds = list(range(args.seed, args.seed + args.n_train))
     train_set = phantoms(train_seeds, args.regions, **data_kw)
