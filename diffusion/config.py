@@ -79,6 +79,9 @@ class LatentDiffusionConfig:
     sampler: str = "ddim"
     sampler_steps: int = 50
     guidance_scale: float = 1.0
+    # projection-consistent sampling by default (x2ct.diffusion.ProjectionGuidance fields:
+    # strength, steps, inner); None: off unless a call asks for it
+    projection_guidance: dict | None = None
 
     def __post_init__(self) -> None:
         self.latent_size = tuple(int(n) for n in self.latent_size)
@@ -86,6 +89,16 @@ class LatentDiffusionConfig:
         self.unet_channels = tuple(int(c) for c in self.unet_channels)
         self.attention_levels = tuple(bool(a) for a in self.attention_levels)
         self.encoder_channels = tuple(int(c) for c in self.encoder_channels)
+        if self.projection_guidance is not None:
+            from x2ct.diffusion.guidance import ProjectionGuidance
+
+            try:  # validates, and fills in the fields left out
+                self.projection_guidance = ProjectionGuidance(**self.projection_guidance).to_dict()
+            except TypeError as e:
+                raise ValueError(
+                    f"projection_guidance must hold strength, steps, inner; got "
+                    f"{self.projection_guidance!r}"
+                ) from e
         if self.spine_position is not None:
             self.spine_position = tuple(float(c) for c in self.spine_position)
             if len(self.spine_position) != 3 or not all(

@@ -18,14 +18,16 @@ for: X-rays declared with another geometry are refused unless ``allow_geometry_m
 
 Options of a call:
 
-- ``projection_guidance=ProjectionGuidance(strength, steps, inner)``: projection-consistent
-  sampling (diffusion/guidance.py). The plain result is computed too and, per sample, the
-  one whose DRRs match the X-rays better is kept, so the guided result is never worse in
-  projection error than the unguided one; ``out.projection`` reports both errors. Cost: the
-  guided chain replays the plain chain's network outputs up to the guidance window (checked
-  equal, not recomputed), then runs ``steps`` more network calls with ``inner`` + 1
-  decoder-and-projector forward/backward passes each, and the final decode and DRR
-  rendering are done twice (one per candidate).
+- ``projection_guidance=ProjectionGuidance(strength, steps, inner)``: projection-
+  consistent sampling (diffusion/guidance.py); None (the default) uses the config's
+  ``projection_guidance`` (off when that is None), False turns it off. The plain result
+  is computed too and, per sample, the one whose DRRs match the X-rays better is kept,
+  so the guided result is never worse in projection error than the unguided one;
+  ``out.projection`` reports both errors. Cost: the guided chain replays the plain
+  chain's network outputs up to the guidance window (checked equal, not recomputed),
+  then runs ``steps`` more network calls with ``inner`` + 1 decoder-and-projector
+  forward/backward passes each, and the final decode and DRR rendering are done twice
+  (one per candidate).
 - ``pose_refinement=PoseRefinement(...)``: reconstruct, fit each view's pose to the
   reconstruction, reconstruct again with the refined geometry (diffusion/pose.py).
 - ``view_geometry``: the geometry the X-rays were really taken with, if it differs from
@@ -232,6 +234,22 @@ class Reconstructor:
                 f"detector; got {tuple(xrays.shape)} (resize with x2ct.data.load_xray(shape=...))"
             )
 
+    def projection_guidance_for(
+        self, option: ProjectionGuidance | bool | None
+    ) -> ProjectionGuidance | None:
+        """The projection guidance a call with ``projection_guidance=option`` runs: None ->
+        the config's default (None when it has none), False -> None, else ``option``."""
+        if option is None:
+            default = self.config.projection_guidance
+            return None if default is None else ProjectionGuidance(**default)
+        if option is False:
+            return None
+        if not isinstance(option, ProjectionGuidance):
+            raise TypeError(
+                f"projection_guidance must be a ProjectionGuidance, False or None, got {option!r}"
+            )
+        return option
+
     @torch.no_grad()
     def simulate_xrays(self, hu: torch.Tensor, geometry: Geometry | None = None) -> torch.Tensor:
         """The model's X-rays of a CT (B, 1, X, Y, Z) in HU at the model's spacing, made
@@ -290,7 +308,7 @@ class Reconstructor:
         allow_geometry_mismatch: bool = False,
         progress: bool = False,
         timings: dict[str, float] | None = None,
-        projection_guidance: ProjectionGuidance | None = None,
+        projection_guidance: ProjectionGuidance | bool | None = None,
         pose_refinement=None,
         view_geometry: Geometry | None = None,
     ) -> Reconstruction:
@@ -313,7 +331,8 @@ class Reconstructor:
                 "decode" (autoencoder decoding to HU), and with projection guidance
                 "guidance" (the guided chain, its decode and both candidates' DRRs).
                 None: no synchronisation added.
-            projection_guidance: projection-consistent sampling options (module docstring).
+            projection_guidance: projection-consistent sampling options (module docstring);
+                None: the config's default, False: off.
             pose_refinement: a :class:`x2ct.diffusion.pose.PoseRefinement`: alternate
                 reconstruction and pose refinement (diffusion/pose.py).
             view_geometry: condition (and guide) along this geometry's views instead of
@@ -338,10 +357,7 @@ class Reconstructor:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        if projection_guidance is not None and not isinstance(
-            projection_guidance, ProjectionGuidance
-        ):
-            raise TypeError("projection_guidance must be a ProjectionGuidance or None")
+        projection_guidance = self.projection_guidance_for(projection_guidance)
         self.check_xrays(xrays, geometry, allow_geometry_mismatch)
         if device is not None:
             self.to(device)

@@ -9,9 +9,12 @@ Rows (each is scored on the same test cases, at the first model's CT grid):
 
 - ``--model [NAME=]DIR`` (repeatable, for ablations): a saved pipeline (train/latent.py
   writes RUN/model) reconstructs every case from its simulated X-rays, ``--batch-size``
-  cases per call, with ``--sampler/--steps/--guidance/--num-samples`` (default: the model's).
+  cases per call, with ``--sampler/--steps/--guidance/--num-samples`` and projection-
+  consistent sampling as the model's config says unless given.
 - ``--pc-model [NAME=]DIR``: the same with projection-consistent sampling
-  (``x2ct.diffusion.ProjectionGuidance`` from ``--pc-strength/--pc-steps/--pc-inner``).
+  (``x2ct.diffusion.ProjectionGuidance`` from ``--pc-strength/--pc-steps/--pc-inner``);
+  ``--no-pc-model [NAME=]DIR``: the same without it (the ablation of a model that uses it
+  by default).
 - ``--pose-model [NAME=]DIR``: the same with pose refinement
   (``x2ct.diffusion.PoseRefinement`` from ``--pose-rounds/--pose-iters/--pose-lr``).
 - ``--autoencoder [NAME=]DIR`` (repeatable): the autoencoder round trip decode(encode(truth)),
@@ -106,7 +109,7 @@ class Row:
     kind: str  # "model", "autoencoder" or "mean-ct"
     path: str | None = None
     settings: dict = field(default_factory=dict)
-    mode: str = "plain"  # model rows: "plain", "pc" (projection guidance) or "pose"
+    mode: str = "plain"  # model rows: "plain", "pc"/"nopc" (projection guidance on/off), "pose"
 
 
 def _named(spec: str) -> tuple[str | None, str]:
@@ -118,7 +121,7 @@ def _named(spec: str) -> tuple[str | None, str]:
     return None, spec
 
 
-MODE_SUFFIX = {"plain": "", "pc": " + pc", "pose": " + pose"}
+MODE_SUFFIX = {"plain": "", "pc": " + pc", "nopc": " - pc", "pose": " + pose"}
 
 
 def _default_name(path: str, kind: str) -> str:
@@ -241,6 +244,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pc-model", action="append", dest="models", metavar="[NAME=]DIR",
                    type=lambda spec: ("pc", spec),
                    help="a pipeline row with projection-consistent sampling (--pc-*)")
+    p.add_argument("--no-pc-model", action="append", dest="models", metavar="[NAME=]DIR",
+                   type=lambda spec: ("nopc", spec),
+                   help="a pipeline row without projection-consistent sampling")
     p.add_argument("--pose-model", action="append", dest="models", metavar="[NAME=]DIR",
                    type=lambda spec: ("pose", spec),
                    help="a pipeline row with pose refinement (--pose-*)")
@@ -497,7 +503,7 @@ def _predictor(row: Row, args, device, mean_hu, ref_geometry, ref_scale, spacing
         recon = Reconstructor.from_pretrained(row.path, device=device)
         c = recon.config
         guidance, pose = options(args)
-        guidance = guidance if row.mode == "pc" else None
+        guidance = {"pc": guidance, "nopc": False}.get(row.mode)  # None: the model's default
         pose = pose if row.mode == "pose" else None
         settings = {"sampler": args.sampler or c.sampler,
                     "steps": args.steps if args.steps is not None else c.sampler_steps,
@@ -506,8 +512,9 @@ def _predictor(row: Row, args, device, mean_hu, ref_geometry, ref_scale, spacing
                     "num_samples": args.num_samples}
         if c.objective != "diffusion":
             settings["objective"] = c.objective
-        if guidance is not None:
-            settings["projection_guidance"] = guidance.to_dict()
+        effective = recon.projection_guidance_for(guidance)
+        if effective is not None:
+            settings["projection_guidance"] = effective.to_dict()
         if pose is not None:
             settings["pose_refinement"] = pose.to_dict()
         generator = torch.Generator().manual_seed(args.seed)

@@ -16,8 +16,9 @@
 
 Options:
 
-- ``--pc-strength S [--pc-steps K --pc-inner N]``: projection-consistent sampling
-  (``x2ct.diffusion.ProjectionGuidance``): the last K sampler steps' clean-latent estimates
+- ``--pc-strength S [--pc-steps K --pc-inner N]``, ``--no-pc``: projection-consistent
+  sampling (``x2ct.diffusion.ProjectionGuidance``; default: the model's setting, on for
+  ``models/ldm-tiny``): the last K sampler steps' clean-latent estimates
   get N gradient steps of latent RMS S toward DRRs that match the X-rays; the plain result
   is computed too and the better of the two kept (never a worse projection error). Costs
   K extra network calls, K * (N + 1) decoder and projector passes with gradients, and a
@@ -92,16 +93,23 @@ def add_guidance_arguments(
     p: argparse.ArgumentParser, pc_strength: float | None = None, pose_rounds: int = 0
 ) -> None:
     """The ``--pc-*`` (projection-consistent sampling) and ``--pose-*`` (pose refinement)
-    flags, shared with eval/evaluate.py. Here both are off by default (strength None, 0
-    rounds); evaluate.py passes the defaults its ``--pc-model``/``--pose-model`` rows use."""
+    flags, shared with eval/evaluate.py. Here projection guidance defaults to the model's
+    (``projection_guidance`` in its config) and pose refinement is off; evaluate.py passes
+    the defaults its ``--pc-model``/``--pose-model`` rows use."""
     off = pc_strength is None
     p.add_argument(
         "--pc-strength",
         type=float,
         default=pc_strength,
         help="projection-consistent sampling: latent RMS of each correction step "
-        + ("(default: off)" if off else f"(default {pc_strength})"),
+        + ("(default: the model's setting)" if off else f"(default {pc_strength})"),
     )
+    if off:
+        p.add_argument(
+            "--no-pc",
+            action="store_true",
+            help="no projection-consistent sampling, even where the model uses it by default",
+        )
     p.add_argument("--pc-steps", type=int, default=5, help="last sampler steps corrected")
     p.add_argument("--pc-inner", type=int, default=3, help="gradient steps per correction")
     p.add_argument(
@@ -120,6 +128,8 @@ def check_guidance_arguments(p: argparse.ArgumentParser, args: argparse.Namespac
         args.pc_strength > 0 and args.pc_steps >= 1 and args.pc_inner >= 1
     ):
         p.error("--pc-strength must be > 0, --pc-steps and --pc-inner >= 1")
+    if getattr(args, "no_pc", False) and args.pc_strength is not None:
+        p.error("--no-pc and --pc-strength contradict each other")
     if args.pose_rounds < 0 or args.pose_iters < 1 or not args.pose_lr > 0:
         p.error("--pose-rounds must be >= 0, --pose-iters >= 1 and --pose-lr > 0")
 
@@ -164,10 +174,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def options(args: argparse.Namespace):
-    """(ProjectionGuidance or None, PoseRefinement or None) from the flags."""
+    """(projection guidance, PoseRefinement or None) from the flags; the guidance is a
+    ProjectionGuidance, False (``--no-pc``) or None (the model's default)."""
     from x2ct.diffusion import PoseRefinement, ProjectionGuidance
 
-    guidance = None
+    guidance = False if getattr(args, "no_pc", False) else None
     if args.pc_strength is not None:
         guidance = ProjectionGuidance(args.pc_strength, args.pc_steps, args.pc_inner)
     pose = None
@@ -234,6 +245,7 @@ def main(argv=None) -> dict:
 
     guidance, pose = options(args)
     recon = Reconstructor.from_pretrained(args.model, device=args.device)
+    effective = recon.projection_guidance_for(guidance)
     if gt_hu is not None:
         xrays = recon.simulate_xrays(gt_hu.to(recon.device)).cpu()
     t0 = time.perf_counter()
@@ -256,7 +268,7 @@ def main(argv=None) -> dict:
         "guidance_scale": recon.config.guidance_scale if args.guidance is None else args.guidance,
         "num_samples": args.num_samples,
         "seed": args.seed,
-        "projection_guidance": None if guidance is None else guidance.to_dict(),
+        "projection_guidance": None if effective is None else effective.to_dict(),
         "pose_refinement": None if pose is None else pose.to_dict(),
     }
     if out.projection is not None:  # per sample, (S,) for the one case
@@ -282,7 +294,7 @@ def main(argv=None) -> dict:
         written.append("std.nii.gz")
     drr = recon.simulate_xrays(out.hu.to(recon.device))
     result = {"seconds": seconds, "options": record}
-    if guidance is not None or pose is not None:
+    if effective is not None or pose is not None:
         _write_json(out_dir / "reconstruction.json", {"seconds": seconds, **record})
         written.append("reconstruction.json")
     title = f"{args.sampler or recon.config.sampler}, {seconds:.1f} s"

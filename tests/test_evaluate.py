@@ -174,7 +174,8 @@ def test_guided_and_pose_rows_on_jittered_views(models, tmp_path):
     out = tmp_path / "out"
     model = str(models / "a" / "model")
     evaluate.main([
-        "--model", model, "--pc-model", model, "--pose-model", f"posed={model}",
+        "--model", model, "--pc-model", model, "--no-pc-model", model,
+        "--pose-model", f"posed={model}",
         "--baseline", "mean-ct", "--phantoms", "2", "--n-train-mean", "2", "--batch-size", "2",
         "--steps", "2", "--pc-strength", "0.2", "--pc-steps", "1", "--pc-inner", "2",
         "--pose-iters", "4", "--pose-jitter", "3", "4", "--fid-net", "none", "--no-lpips",
@@ -182,7 +183,10 @@ def test_guided_and_pose_rows_on_jittered_views(models, tmp_path):
     ])
     saved = json.loads((out / "summary.json").read_text())
     by_name = {r["name"]: r for r in saved["rows"]}
-    assert list(by_name) == ["a", "a + pc", "posed", "mean-ct"]
+    assert list(by_name) == ["a", "a + pc", "a - pc", "posed", "mean-ct"]
+    # a model without a default guidance: --no-pc-model is the plain row, to the bit
+    assert by_name["a - pc"]["metrics"] == by_name["a"]["metrics"] | {
+        "seconds": by_name["a - pc"]["metrics"]["seconds"]}
     assert saved["settings"]["pose_jitter"] == {"max_angle_deg": 3.0, "max_shift_mm": 4.0}
     assert by_name["a + pc"]["settings"]["projection_guidance"] == {
         "strength": 0.2, "steps": 1, "inner": 2}

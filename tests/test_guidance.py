@@ -128,3 +128,29 @@ def test_pose_refinement_alternates_with_sampling(recon, xrays):
     assert out.pose.shape == (1, 2, 3) and torch.isfinite(out.pose).all()
     assert out.pose.abs().sum() > 0  # the fit moved the views
     assert out.hu.shape == (1, 1, *CT_SHAPE) and out.projection["final"].shape == (1, 1)
+
+
+def test_a_model_can_use_guidance_by_default_and_a_call_can_turn_it_off(recon, xrays, tmp_path):
+    import json
+
+    from x2ct.diffusion import Reconstructor
+
+    folder = recon.save_pretrained(tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["projection_guidance"] is None  # off unless a model says otherwise
+    config["projection_guidance"] = {"strength": 0.2, "steps": 2}  # inner: the default
+    (folder / "config.json").write_text(json.dumps(config))
+    guided = Reconstructor.from_pretrained(folder)
+    assert guided.config.projection_guidance == {"strength": 0.2, "steps": 2, "inner": 3}
+    default = guided(xrays, steps=STEPS, generator=gen())
+    explicit = recon(xrays, steps=STEPS, generator=gen(),
+                     projection_guidance=ProjectionGuidance(0.2, 2, 3))
+    assert default.projection is not None
+    assert torch.equal(default.hu, explicit.hu)  # the default is that ProjectionGuidance
+    off = guided(xrays, steps=STEPS, generator=gen(), projection_guidance=False)
+    assert off.projection is None
+    assert torch.equal(off.hu, recon(xrays, steps=STEPS, generator=gen()).hu)
+    with pytest.raises(TypeError, match="projection_guidance"):
+        guided(xrays, steps=STEPS, projection_guidance=True)
+    with pytest.raises(ValueError, match="projection_guidance"):
+        guided.config.replace(projection_guidance={"strength": 0.1, "weight": 2})

@@ -69,3 +69,22 @@ def test_bad_option_values_are_refused(tmp_path, model_dir, ct_path):
         main([*base, "--pc-strength", "0"])
     with pytest.raises(SystemExit):
         main([*base, "--pose-rounds", "-1"])
+    with pytest.raises(SystemExit):
+        main([*base, "--no-pc", "--pc-strength", "0.1"])
+    assert not (tmp_path / "o").exists()
+
+
+def test_no_pc_turns_off_a_models_default_guidance(tmp_path, model_dir, ct_path):
+    import json
+    import shutil
+
+    guided = shutil.copytree(model_dir, tmp_path / "guided")
+    config = json.loads((guided / "config.json").read_text())
+    config["projection_guidance"] = {"strength": 0.2, "steps": 1, "inner": 1}
+    (guided / "config.json").write_text(json.dumps(config))
+    base = ["--model", str(guided), "--ct", str(ct_path), "--steps", "2"]
+    default = main([*base, "--out", str(tmp_path / "a")])
+    assert default["options"]["projection_guidance"] == config["projection_guidance"]
+    assert (tmp_path / "a" / "reconstruction.json").is_file()
+    off = main([*base, "--no-pc", "--out", str(tmp_path / "b")])
+    assert off["options"]["projection_guidance"] is None
