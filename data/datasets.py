@@ -32,7 +32,7 @@ from x2ct.data.augment import XrayAugment, augment_generator
 from x2ct.data.io import atomic_path
 from x2ct.data.phantom import REGIONS, phantom_id, spine_phantom
 from x2ct.data.transforms import HU_WINDOW, hu_to_unit, preprocess, unit_to_hu
-from x2ct.projector import DRR_SCALE, Geometry, hu_to_mu, project
+from x2ct.projector import DRR_SCALE, Geometry, hu_to_mu, project, project_posed
 
 __all__ = [
     "CACHE_ENV",
@@ -135,17 +135,26 @@ def ct_to_drr(
     spacing: Sequence[float],
     window: Sequence[float] = HU_WINDOW,
     step: float = 0.5,
+    pose: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Line integrals (DRRs) of a normalised CT: ``project(hu_to_mu(unit_to_hu(ct)))``.
 
     Args:
         ct: (1, X, Y, Z) or (B, 1, X, Y, Z) in [-1, 1].
+        pose: views moved by (d_angle deg, d_u mm, d_v mm) per view, (V, 3) or for a batch
+            (B, V, 3) (``x2ct.projector.project_posed``, the PyTorch path); None: nominal.
     Returns:
         (V, H, W) or (B, V, H, W) raw line integrals (divide by ``DRR_SCALE`` for networks).
     """
     batched = ct.ndim == 5
-    mu = hu_to_mu(unit_to_hu(ct if batched else ct[None], window))
-    drr = project(mu.float(), geometry, spacing=tuple(float(s) for s in spacing), step=step)
+    mu = hu_to_mu(unit_to_hu(ct if batched else ct[None], window)).float()
+    spacing = tuple(float(s) for s in spacing)
+    if pose is None:
+        drr = project(mu, geometry, spacing=spacing, step=step)
+    else:
+        pose = pose if pose.ndim == 3 else pose.expand(mu.shape[0], *pose.shape)
+        drr = torch.cat([project_posed(mu[i : i + 1], geometry, pose[i], spacing, step)
+                         for i in range(mu.shape[0])])
     return drr if batched else drr[0]
 
 

@@ -467,15 +467,12 @@ def _mean_ct(args, shape, spacing, window) -> tuple[torch.Tensor, dict]:
 def posed_xrays(hu: torch.Tensor, geometry, spacing, window, xray_scale: float,
                 pose: torch.Tensor) -> torch.Tensor:
     """Normalised X-rays (B, V, H, W) of CTs ``hu`` (B, 1, X, Y, Z) taken along views moved
-    by ``pose`` (B, V, 3) = (d_angle deg, d_u mm, d_v mm): the datasets' rendering (HU
-    clipped to the window, ``hu_to_mu``, step 0.5 voxel) through ``project_posed``."""
-    from x2ct.data import hu_to_unit, unit_to_hu
-    from x2ct.projector import hu_to_mu, project_posed
+    by ``pose`` (B, V, 3) = (d_angle deg, d_u mm, d_v mm), rendered as the datasets render
+    theirs (``x2ct.data.ct_to_drr``)."""
+    from x2ct.data import ct_to_drr, hu_to_unit
 
-    mu = hu_to_mu(unit_to_hu(hu_to_unit(hu.float(), window), window))
     with torch.no_grad():
-        drr = torch.cat([project_posed(mu[i:i + 1], geometry, pose[i], spacing)
-                         for i in range(hu.shape[0])])
+        drr = ct_to_drr(hu_to_unit(hu.float(), window), geometry, spacing, window, pose=pose)
     return drr / xray_scale
 
 
