@@ -31,7 +31,7 @@ from x2ct.autoencoder.losses import (
 )
 from x2ct.data.transforms import hu_to_unit
 from x2ct.eval.metrics import unit_metrics
-from x2ct.train.checkpoint import resume_latest, save_checkpoint
+from x2ct.train.checkpoint import resume_latest
 from x2ct.train.ema import EMA
 from x2ct.train.figures import reconstruction_figure, save_figure
 from x2ct.train.loop import (
@@ -40,6 +40,7 @@ from x2ct.train.loop import (
     add_terms,
     args_record,
     build_optimizer,
+    end_of_step,
     run_accelerator,
     save_last_checkpoint,
     val_seeds,
@@ -279,11 +280,7 @@ def main(argv=None) -> Path:
                 fig = reconstruction_figure(val_volumes[0], first[0], f"step {step} (EMA)")
                 save_figure(fig, run.figures / f"val_step_{step:07d}.png", tb, "val/planes", step)
             accelerator.wait_for_everyone()
-        if step % args.save_every == 0:
-            save_checkpoint(accelerator, run.checkpoints, step, keep=args.keep)
-        if args.stop_after_steps is not None and steps_this_run >= args.stop_after_steps:
-            bar.close()
-            accelerator.end_training()
+        if end_of_step(accelerator, run, step, steps_this_run, args, bar):
             return run.root  # as if killed here: no final checkpoint, no final model
     bar.close()
     save_last_checkpoint(accelerator, run, counter.step, args)

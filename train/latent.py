@@ -61,7 +61,7 @@ from x2ct.eval.memory import peak_memory_mb
 from x2ct.eval.metrics import ct_metrics, projection_error
 from x2ct.fileio import atomic_path
 from x2ct.projector import DRR_SCALE
-from x2ct.train.checkpoint import resume_latest, save_checkpoint
+from x2ct.train.checkpoint import resume_latest
 from x2ct.train.ema import EMA
 from x2ct.train.loop import (
     add_optimisation_args,
@@ -69,6 +69,7 @@ from x2ct.train.loop import (
     add_terms,
     args_record,
     build_optimizer,
+    end_of_step,
     run_accelerator,
     save_last_checkpoint,
     val_seeds,
@@ -485,11 +486,7 @@ def main(argv=None) -> Path:
             if accelerator.is_main_process:
                 validation(step)
             accelerator.wait_for_everyone()
-        if step % args.save_every == 0:
-            save_checkpoint(accelerator, run.checkpoints, step, keep=args.keep)
-        if args.stop_after_steps is not None and steps_this_run >= args.stop_after_steps:
-            bar.close()
-            accelerator.end_training()
+        if end_of_step(accelerator, run, step, steps_this_run, args, bar):
             return run.root  # as if killed here: no final checkpoint, no final model
     bar.close()
     save_last_checkpoint(accelerator, run, counter.step, args)

@@ -27,6 +27,7 @@ __all__ = [
     "build_optimizer",
     "run_accelerator",
     "lr_lambda",
+    "end_of_step",
     "save_last_checkpoint",
     "val_seeds",
     "weights_checksum",
@@ -135,6 +136,19 @@ def add_terms(logs: dict, terms: Mapping[str, torch.Tensor], grad_accum: int) ->
     """Add one micro-batch's loss terms to ``logs["train/<name>"]`` (means over grad_accum)."""
     for name, v in terms.items():
         logs[f"train/{name}"] = logs.get(f"train/{name}", 0.0) + float(v.detach()) / grad_accum
+
+
+def end_of_step(accelerator, run: RunDir, step: int, steps_this_run: int, args, bar) -> bool:
+    """After a step's logs and validation: the --save-every checkpoint; True when
+    --stop-after-steps says stop here, as if the run were killed (no final checkpoint, no
+    final model; the tests' stand-in for a killed run)."""
+    if step % args.save_every == 0:
+        save_checkpoint(accelerator, run.checkpoints, step, keep=args.keep)
+    if args.stop_after_steps is not None and steps_this_run >= args.stop_after_steps:
+        bar.close()
+        accelerator.end_training()
+        return True
+    return False
 
 
 def save_last_checkpoint(accelerator, run: RunDir, step: int, args) -> None:
