@@ -16,6 +16,7 @@ projector:  (B, V, K, h, w) -> (B, V*K, x, y, z).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -31,13 +32,11 @@ def rescale_geometry(geometry: Geometry, shape: Sequence[int], angles=None) -> G
     pixels; optionally only some of its ``angles``."""
     (height, width), (dv, du) = geometry.detector_shape, geometry.pixel_spacing
     h, w = (int(n) for n in shape)
-    return Geometry(
-        sad=geometry.sad,
-        sdd=geometry.sdd,
+    return dataclasses.replace(
+        geometry,
         detector_shape=(h, w),
         pixel_spacing=(dv * height / h, du * width / w),
         angles=geometry.angles if angles is None else tuple(angles),
-        parallel=geometry.parallel,
     )
 
 

@@ -1,7 +1,13 @@
 """Differentiable X-ray projector: geometry, attenuation, ``project`` and its adjoint."""
 
 from x2ct.projector.attenuation import DRR_SCALE, MU_WATER, hu_to_mu, mu_to_hu
-from x2ct.projector.geometry import Geometry, view_vectors
+from x2ct.projector.geometry import (
+    Geometry,
+    rescale_views,
+    stack_views,
+    transform_views,
+    view_vectors,
+)
 from x2ct.projector.pose import (
     PoseFit,
     posed_geometry,
@@ -10,7 +16,15 @@ from x2ct.projector.pose import (
     refine_pose,
     shift_to_nominal,
 )
-from x2ct.projector.project import BACKENDS, backproject, project, resolve_backend, use_triton
+from x2ct.projector.project import (
+    BACKENDS,
+    backproject,
+    backproject_views,
+    project,
+    project_views,
+    resolve_backend,
+    use_triton,
+)
 
 __all__ = [
     "BACKENDS",
@@ -19,12 +33,17 @@ __all__ = [
     "Geometry",
     "PoseFit",
     "backproject",
+    "backproject_views",
     "hu_to_mu",
     "mu_to_hu",
     "posed_geometry",
     "posed_view_vectors",
     "project",
     "project_posed",
+    "project_views",
+    "rescale_views",
+    "stack_views",
+    "transform_views",
     "refine_pose",
     "resolve_backend",
     "shift_to_nominal",

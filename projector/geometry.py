@@ -17,12 +17,21 @@ limit sad, sdd -> infinity: every ray runs along s(t) through its pixel.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-__all__ = ["Geometry", "view_vectors", "VIEW_VECTOR_SIZE"]
+__all__ = [
+    "Geometry",
+    "VIEW_VECTOR_SIZE",
+    "rescale_views",
+    "stack_views",
+    "transform_views",
+    "view_vectors",
+]
 
 # Per view: source (3), pixel (0, 0) centre (3), column step (3), row step (3), beam
 # direction s(t) (3); all in world millimetres. Shared by the torch path and the kernels.
@@ -50,6 +59,11 @@ class Geometry:
         angles: gantry angles in degrees, one image per angle; (0, 90) is AP and lateral.
         parallel: parallel beam instead of a cone beam (``sad``/``sdd`` then only place
             the detector; there is no magnification).
+        detector_offset: (o_v, o_u) mm, the detector's centre moved in its own plane
+            along the row direction v and the column direction u (the source does not
+            move): the isocentre then projects (o_v / dv, o_u / du) pixels away from the
+            image centre, toward row 0 and column 0 for positive offsets. The same
+            shift as a pose's (d_v, d_u) (``x2ct.projector.pose``).
 
     The defaults follow a common C-arm / X2CT setup (sad 541 mm, sdd 949 mm) with a
     256 x 256 detector of 1.5 mm pixels: 384 mm at the detector, about 219 mm at the
@@ -62,12 +76,23 @@ class Geometry:
     pixel_spacing: tuple[float, float] = (1.5, 1.5)
     angles: tuple[float, ...] = field(default=(0.0, 90.0))
     parallel: bool = False
+    detector_offset: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
         # Normalise sequences to tuples so that configs loaded from JSON compare equal.
         object.__setattr__(self, "detector_shape", tuple(self.detector_shape))
         object.__setattr__(self, "pixel_spacing", tuple(float(p) for p in self.pixel_spacing))
         object.__setattr__(self, "angles", tuple(float(a) for a in self.angles))
+        offset = tuple(self.detector_offset)
+        if len(offset) != 2 or not all(
+            isinstance(o, (int, float)) and not isinstance(o, bool) and math.isfinite(o)
+            for o in offset
+        ):
+            raise ValueError(
+                f"Geometry.detector_offset must be two finite mm values (o_v, o_u), "
+                f"got {self.detector_offset!r}"
+            )
+        object.__setattr__(self, "detector_offset", tuple(float(o) for o in offset))
         _check_finite_positive("sad", [self.sad])
         _check_finite_positive("sdd", [self.sdd])
         if not self.parallel and self.sdd <= self.sad:
@@ -94,6 +119,10 @@ class Geometry:
     @property
     def num_views(self) -> int:
         return len(self.angles)
+
+    def split(self) -> list[Geometry]:
+        """One single-view Geometry per angle (the same detector and distances)."""
+        return [dataclasses.replace(self, angles=(a,)) for a in self.angles]
 
     @property
     def magnification(self) -> float:
@@ -153,6 +182,7 @@ class Geometry:
         d["detector_shape"] = list(self.detector_shape)
         d["pixel_spacing"] = list(self.pixel_spacing)
         d["angles"] = list(self.angles)
+        d["detector_offset"] = list(self.detector_offset)
         return d
 
     @classmethod
@@ -172,8 +202,10 @@ def view_vectors(geometry: Geometry, dtype=torch.float64, device=None) -> torch.
         s = (-math.sin(t), math.cos(t), 0.0)
         u = (-math.cos(t), -math.sin(t), 0.0)
         v = (0.0, 0.0, -1.0)
+        o_v, o_u = geometry.detector_offset
         source = [geometry.sad * c for c in s]
-        centre = [-(geometry.sdd - geometry.sad) * c for c in s]
+        centre = [-(geometry.sdd - geometry.sad) * c + o_u * cu + o_v * cv
+                  for c, cu, cv in zip(s, u, v)]
         col_step = [du * c for c in u]
         row_step = [dv * c for c in v]
         origin = [
@@ -182,3 +214,53 @@ def view_vectors(geometry: Geometry, dtype=torch.float64, device=None) -> torch.
         ]
         rows.append(source + origin + col_step + row_step + list(s))
     return torch.tensor(rows, dtype=torch.float64).to(dtype=dtype, device=device)
+
+
+def stack_views(geometries: Sequence[Geometry], dtype=torch.float64, device=None) -> torch.Tensor:
+    """(V, 15) view vectors of several geometries, in order (e.g. an AP and a lateral
+    radiograph taken at different distances). All must share the detector's pixel count
+    and the beam type, since one (V, H, W) image stack holds them."""
+    geometries = list(geometries)
+    if not geometries:
+        raise ValueError("stack_views needs at least one geometry")
+    first = geometries[0]
+    for g in geometries[1:]:
+        if g.detector_shape != first.detector_shape or g.parallel != first.parallel:
+            raise ValueError(
+                "geometries stacked into one image stack must share detector_shape and "
+                f"parallel, got {first.detector_shape}/{first.parallel} and "
+                f"{g.detector_shape}/{g.parallel}"
+            )
+    views = torch.cat([view_vectors(g, torch.float64) for g in geometries])
+    return views.to(dtype=dtype, device=device)
+
+
+def transform_views(
+    views: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor
+) -> torch.Tensor:
+    """View vectors (..., 15) moved by the rigid motion ``x -> rotation @ x + translation``
+    (rotation (3, 3), translation (3,) mm): points (source, pixel (0, 0)) are moved,
+    directions (column step, row step, beam) only rotated. Rendering a volume with the
+    moved views equals rendering the volume moved by the inverse motion with the original
+    views."""
+    r = rotation.to(views)
+    t = translation.to(views)
+    p = views.unflatten(-1, (5, 3))  # (..., 5, 3)
+    moved = p @ r.T
+    moved = torch.cat([moved[..., :2, :] + t, moved[..., 2:, :]], -2)
+    return moved.flatten(-2)
+
+
+def rescale_views(
+    views: torch.Tensor, shape: Sequence[int], new_shape: Sequence[int]
+) -> torch.Tensor:
+    """View vectors (..., 15) of a (H, W) detector resampled onto (h, w) pixels covering
+    the same physical extent (as ``x2ct.diffusion.backprojection.rescale_geometry`` does
+    for a Geometry): the pixel steps grow by H/h and W/w, the centre stays."""
+    (height, width), (h, w) = (tuple(int(n) for n in s) for s in (shape, new_shape))
+    p = views.unflatten(-1, (5, 3))
+    source, pix0, col, row, beam = p.unbind(-2)
+    centre = pix0 + 0.5 * (width - 1) * col + 0.5 * (height - 1) * row
+    col2, row2 = col * (width / w), row * (height / h)
+    pix2 = centre - 0.5 * (w - 1) * col2 - 0.5 * (h - 1) * row2
+    return torch.stack([source, pix2, col2, row2, beam], -2).flatten(-2)

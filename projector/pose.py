@@ -25,6 +25,7 @@ gain and offset of a real radiograph) between the X-rays and the DRRs of a CT.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -61,7 +62,9 @@ def posed_view_vectors(geometry: Geometry, pose: torch.Tensor) -> torch.Tensor:
     dv, du = geometry.pixel_spacing
     height, width = geometry.detector_shape
     source = geometry.sad * s
-    centre = -(geometry.sdd - geometry.sad) * s + pose[:, 1:2] * u + pose[:, 2:3] * v
+    o_v, o_u = geometry.detector_offset
+    shift_u, shift_v = pose[:, 1:2] + o_u, pose[:, 2:3] + o_v
+    centre = -(geometry.sdd - geometry.sad) * s + shift_u * u + shift_v * v
     col_step, row_step = du * u, dv * v
     origin = centre - 0.5 * (width - 1) * col_step - 0.5 * (height - 1) * row_step
     return torch.cat([source, origin, col_step, row_step, s], -1)  # (V, 15)
@@ -91,14 +94,7 @@ def posed_geometry(geometry: Geometry, pose: torch.Tensor) -> Geometry:
     """The geometry with each view's angle moved by pose[:, 0] (detector shifts are not a
     Geometry field: undo them on the images with :func:`shift_to_nominal`)."""
     angles = tuple(a + float(d) for a, d in zip(geometry.angles, pose[:, 0].tolist()))
-    return Geometry(
-        sad=geometry.sad,
-        sdd=geometry.sdd,
-        detector_shape=geometry.detector_shape,
-        pixel_spacing=geometry.pixel_spacing,
-        angles=angles,
-        parallel=geometry.parallel,
-    )
+    return dataclasses.replace(geometry, angles=angles)
 
 
 def shift_to_nominal(xrays: torch.Tensor, geometry: Geometry, pose: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,15 @@ from x2ct.projector.reference import (
     forward_reference,
 )
 
-__all__ = ["project", "backproject", "resolve_backend", "use_triton", "BACKENDS"]
+__all__ = [
+    "BACKENDS",
+    "backproject",
+    "backproject_views",
+    "project",
+    "project_views",
+    "resolve_backend",
+    "use_triton",
+]
 
 logger = logging.getLogger("x2ct.projector")
 
@@ -162,9 +170,12 @@ _backproject_op.register_autograd(_backproject_backward, setup_context=_backproj
 # --- public API --------------------------------------------------------------------------
 
 
-def _check_common(geometry, spacing, step) -> tuple[tuple[float, float, float], float]:
+def _check_geometry(geometry) -> None:
     if not isinstance(geometry, Geometry):
         raise TypeError(f"geometry must be an x2ct.projector.Geometry, got {type(geometry)}")
+
+
+def _check_spacing_step(spacing, step) -> tuple[tuple[float, float, float], float]:
     spacing = tuple(float(s) for s in spacing)
     if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
         raise ValueError(f"spacing must be three positive finite mm values, got {spacing}")
@@ -172,6 +183,94 @@ def _check_common(geometry, spacing, step) -> tuple[tuple[float, float, float], 
     if not (math.isfinite(step) and step > 0):
         raise ValueError(f"step must be a positive number of voxels, got {step}")
     return spacing, step * min(spacing)
+
+
+def _check_views(views: torch.Tensor, n_batch: int) -> torch.Tensor:
+    if not isinstance(views, torch.Tensor) or views.ndim not in (2, 3) or views.shape[-1] != 15:
+        raise ValueError(
+            "views must be (V, 15) or (B, V, 15) view vectors (x2ct.projector.view_vectors), "
+            f"got shape {tuple(getattr(views, 'shape', ()))}"
+        )
+    if views.ndim == 3 and views.shape[0] != n_batch:
+        raise ValueError(f"views are for {views.shape[0]} cases but the batch holds {n_batch}")
+    return views
+
+
+def project_views(
+    mu: torch.Tensor,
+    views: torch.Tensor,
+    detector_shape: Sequence[int],
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    step: float = 0.5,
+    parallel: bool = False,
+    backend: str = "auto",
+    max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
+) -> torch.Tensor:
+    """:func:`project` along explicit view vectors: (V, 15) shared by the batch, or
+    (B, V, 15), one acquisition per case (each case's views can have their own distances,
+    pixel size, detector offset or patient pose: ``stack_views``, ``transform_views``).
+    Returns (B, V, H, W); differentiable in ``mu``."""
+    if not isinstance(mu, torch.Tensor) or mu.ndim != 5 or mu.shape[1] != 1:
+        raise ValueError(
+            f"mu must be a (B, 1, X, Y, Z) tensor, got shape {tuple(getattr(mu, 'shape', ()))}"
+        )
+    if not mu.is_floating_point():
+        raise ValueError(f"mu must be a floating-point tensor, got {mu.dtype}")
+    if min(mu.shape[2:]) < 2:
+        raise ValueError(f"each spatial size of mu must be at least 2, got {tuple(mu.shape)}")
+    views = _check_views(views, mu.shape[0])
+    spacing, step_mm = _check_spacing_step(spacing, step)
+    backend = resolve_backend(backend, mu)
+    dtype = torch.float64 if mu.dtype == torch.float64 else torch.float32
+    views = views.to(device=mu.device, dtype=dtype)
+    args = (list(int(n) for n in detector_shape), list(spacing), step_mm, bool(parallel),
+            backend, int(max_chunk_bytes))
+    if views.ndim == 2:
+        return _project_op(mu[:, 0].contiguous(), views.contiguous(), *args)
+    return torch.cat([
+        _project_op(mu[i : i + 1, 0].contiguous(), views[i].contiguous(), *args)
+        for i in range(mu.shape[0])
+    ])
+
+
+def backproject_views(
+    drr: torch.Tensor,
+    views: torch.Tensor,
+    volume_shape: Sequence[int],
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    step: float = 0.5,
+    parallel: bool = False,
+    backend: str = "auto",
+    max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
+) -> torch.Tensor:
+    """The adjoint of :func:`project_views`: (B, V, H, W) -> (B, 1, X, Y, Z), along view
+    vectors (V, 15) shared by the batch or (B, V, 15) per case."""
+    if not isinstance(drr, torch.Tensor) or drr.ndim != 4:
+        raise ValueError(
+            f"drr must be a (B, V, H, W) tensor, got shape {tuple(getattr(drr, 'shape', ()))}"
+        )
+    if not drr.is_floating_point():
+        raise ValueError(f"drr must be a floating-point tensor, got {drr.dtype}")
+    views = _check_views(views, drr.shape[0])
+    if views.shape[-2] != drr.shape[1]:
+        raise ValueError(f"drr has {drr.shape[1]} views but {views.shape[-2]} view vectors")
+    spacing, step_mm = _check_spacing_step(spacing, step)
+    volume_shape = tuple(int(n) for n in volume_shape)
+    if len(volume_shape) != 3 or min(volume_shape) < 2:
+        raise ValueError(f"volume_shape must be three sizes >= 2, got {volume_shape}")
+    backend = resolve_backend(backend, drr)
+    dtype = torch.float64 if drr.dtype == torch.float64 else torch.float32
+    views = views.to(device=drr.device, dtype=dtype)
+    args = (list(spacing), step_mm, bool(parallel), backend, int(max_chunk_bytes))
+    if views.ndim == 2:
+        out = _backproject_op(drr.contiguous(), list(volume_shape), views.contiguous(), *args)
+    else:
+        out = torch.cat([
+            _backproject_op(drr[i : i + 1].contiguous(), list(volume_shape),
+                            views[i].contiguous(), *args)
+            for i in range(drr.shape[0])
+        ])
+    return out[:, None]
 
 
 def project(
@@ -200,22 +299,10 @@ def project(
         ``mu``. The Triton backward uses atomics: its gradient can differ run to run in the
         last bits; the torch backend is deterministic.
     """
-    if not isinstance(mu, torch.Tensor) or mu.ndim != 5 or mu.shape[1] != 1:
-        raise ValueError(
-            f"mu must be a (B, 1, X, Y, Z) tensor, got shape {tuple(getattr(mu, 'shape', ()))}"
-        )
-    if not mu.is_floating_point():
-        raise ValueError(f"mu must be a floating-point tensor, got {mu.dtype}")
-    if min(mu.shape[2:]) < 2:
-        raise ValueError(f"each spatial size of mu must be at least 2, got {tuple(mu.shape)}")
-    spacing, step_mm = _check_common(geometry, spacing, step)
-    backend = resolve_backend(backend, mu)
-    views = view_vectors(geometry, dtype=torch.float32, device=mu.device)
-    if mu.dtype == torch.float64:
-        views = view_vectors(geometry, dtype=torch.float64, device=mu.device)
-    return _project_op(
-        mu[:, 0].contiguous(), views, list(geometry.detector_shape), list(spacing), step_mm,
-        geometry.parallel, backend, int(max_chunk_bytes),
+    _check_geometry(geometry)
+    return project_views(
+        mu, view_vectors(geometry), geometry.detector_shape, spacing, step, geometry.parallel,
+        backend, max_chunk_bytes,
     )
 
 
@@ -233,26 +320,15 @@ def backproject(
     ``<project(x), y> == <x, backproject(y)>`` for the same geometry, spacing and step.
     Each voxel receives the sum over rays of ``drr * dt`` times its trilinear weight.
     """
-    if not isinstance(drr, torch.Tensor) or drr.ndim != 4:
-        raise ValueError(
-            f"drr must be a (B, V, H, W) tensor, got shape {tuple(getattr(drr, 'shape', ()))}"
-        )
-    if not drr.is_floating_point():
-        raise ValueError(f"drr must be a floating-point tensor, got {drr.dtype}")
-    spacing, step_mm = _check_common(geometry, spacing, step)
-    volume_shape = tuple(int(n) for n in volume_shape)
-    if len(volume_shape) != 3 or min(volume_shape) < 2:
-        raise ValueError(f"volume_shape must be three sizes >= 2, got {volume_shape}")
-    if tuple(drr.shape[1:]) != (geometry.num_views, *geometry.detector_shape):
+    _check_geometry(geometry)
+    if isinstance(drr, torch.Tensor) and drr.ndim == 4 and (
+        tuple(drr.shape[1:]) != (geometry.num_views, *geometry.detector_shape)
+    ):
         raise ValueError(
             f"drr has shape {tuple(drr.shape)} but the geometry has {geometry.num_views} "
             f"views of {geometry.detector_shape}"
         )
-    backend = resolve_backend(backend, drr)
-    dtype = torch.float64 if drr.dtype == torch.float64 else torch.float32
-    views = view_vectors(geometry, dtype=dtype, device=drr.device)
-    out = _backproject_op(
-        drr.contiguous(), list(volume_shape), views, list(spacing), step_mm, geometry.parallel,
-        backend, int(max_chunk_bytes),
+    return backproject_views(
+        drr, view_vectors(geometry), volume_shape, spacing, step, geometry.parallel, backend,
+        max_chunk_bytes,
     )
-    return out[:, None]
