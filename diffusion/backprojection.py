@@ -22,7 +22,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from x2ct.projector import Geometry, backproject
+from x2ct.projector import (
+    Geometry,
+    backproject,
+    backproject_views,
+    rescale_views,
+    view_vectors,
+)
 
 __all__ = ["FeatureBackprojector", "rescale_geometry"]
 
@@ -41,7 +47,13 @@ def rescale_geometry(geometry: Geometry, shape: Sequence[int], angles=None) -> G
 
 
 class FeatureBackprojector(nn.Module):
-    """(B, V, K, h, w) feature maps -> (B, V*K, X, Y, Z) mean features along each ray."""
+    """(B, V, K, h, w) feature maps -> (B, V*K, X, Y, Z) mean features along each ray.
+
+    The rays are the geometry's (rescaled to the feature map), or per case those of
+    ``views`` (B, V, 15) given to :meth:`forward`: view vectors on the X-ray detector's
+    (H, W) pixels in the latent volume's frame (``x2ct.projector.view_vectors``,
+    ``stack_views``), e.g. radiographs taken at other distances, or views refined by pose
+    refinement. The normaliser (back-projection of ones) is then computed per case."""
 
     def __init__(
         self,
@@ -53,32 +65,53 @@ class FeatureBackprojector(nn.Module):
     ):
         super().__init__()
         self.feature_shape = tuple(int(n) for n in feature_shape)
+        self.detector_shape = tuple(geometry.detector_shape)
         self.volume_shape = tuple(int(n) for n in volume_shape)
         self.volume_spacing = tuple(float(s) for s in volume_spacing)
         self.step = float(step)
+        self.parallel = geometry.parallel
         # one single-view geometry per view, on the feature map's pixels
         self.views = [rescale_geometry(geometry, self.feature_shape, (a,)) for a in geometry.angles]
-        inv = []
-        for g in self.views:
-            ones = torch.ones(1, 1, *self.feature_shape, dtype=torch.float64)
-            norm = backproject(
-                ones, g, self.volume_shape, self.volume_spacing, self.step, backend="torch"
-            )
-            norm = norm[0, 0]  # (X, Y, Z): summed ray length x trilinear weight per voxel
-            inv.append(torch.where(norm > 1e-6 * norm.max(), 1.0 / norm, torch.zeros_like(norm)))
+        nominal = torch.cat([view_vectors(g, torch.float64) for g in self.views])  # (V, 15)
+        inv = self._inverse_norm(nominal[None])[0]  # (V, X, Y, Z)
         # derived from the config, so not saved with the weights
-        self.register_buffer("inv_norm", torch.stack(inv).float(), persistent=False)  # (V, X, Y, Z)
+        self.register_buffer("inv_norm", inv.float(), persistent=False)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def _inverse_norm(self, views: torch.Tensor) -> torch.Tensor:
+        """1 / (back-projection of ones) per case and view, 0 where no ray reaches:
+        (B, V, 15) feature-map view vectors -> (B, V, X, Y, Z)."""
+        b, v = views.shape[:2]
+        ones = torch.ones(b * v, 1, *self.feature_shape, dtype=views.dtype, device=views.device)
+        norm = backproject_views(
+            ones, views.reshape(b * v, 1, 15), self.volume_shape, self.volume_spacing,
+            self.step, self.parallel, backend="torch",
+        ).reshape(b, v, *self.volume_shape)
+        peak = norm.flatten(2).amax(-1)[..., None, None, None]  # (B, V, 1, 1, 1)
+        return torch.where(norm > 1e-6 * peak, 1.0 / norm, torch.zeros_like(norm))
+
+    def forward(self, features: torch.Tensor, views: torch.Tensor | None = None) -> torch.Tensor:
         b, v, k, h, w = features.shape
         if v != len(self.views) or (h, w) != self.feature_shape:
             raise ValueError(
                 f"expected features (B, {len(self.views)}, K, {self.feature_shape[0]}, "
                 f"{self.feature_shape[1]}), got {tuple(features.shape)}"
             )
-        out = []
-        for i, g in enumerate(self.views):
-            f = features[:, i].reshape(b * k, 1, h, w)  # channels folded into the batch
-            vol = backproject(f, g, self.volume_shape, self.volume_spacing, self.step)
-            out.append(vol.reshape(b, k, *self.volume_shape) * self.inv_norm[i])  # (B, K, X, Y, Z)
-        return torch.cat(out, 1)  # (B, V*K, X, Y, Z)
+        if views is None:
+            out = []
+            for i, g in enumerate(self.views):
+                f = features[:, i].reshape(b * k, 1, h, w)  # channels folded into the batch
+                vol = backproject(f, g, self.volume_shape, self.volume_spacing, self.step)
+                out.append(vol.reshape(b, k, *self.volume_shape) * self.inv_norm[i])
+            return torch.cat(out, 1)  # (B, V*K, X, Y, Z)
+        views = views.expand(b, *views.shape[-2:]) if views.ndim == 2 else views
+        if tuple(views.shape) != (b, v, 15):
+            raise ValueError(f"views must be ({b}, {v}, 15), got {tuple(views.shape)}")
+        fviews = rescale_views(views.double(), self.detector_shape, self.feature_shape)
+        inv = self._inverse_norm(fviews).to(features.dtype)  # (B, V, X, Y, Z)
+        # each case and view: its K channels folded into the batch, one view vector row
+        f = features.reshape(b * v * k, 1, h, w)
+        rows = fviews.to(features.dtype).repeat_interleave(k, dim=1).reshape(b * v * k, 1, 15)
+        vol = backproject_views(
+            f, rows, self.volume_shape, self.volume_spacing, self.step, self.parallel
+        ).reshape(b, v, k, *self.volume_shape)
+        return (vol * inv[:, :, None]).reshape(b, v * k, *self.volume_shape)

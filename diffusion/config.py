@@ -16,7 +16,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from x2ct.diffusion.xray_input import XRAY_INPUTS
 from x2ct.projector import DRR_SCALE, Geometry
+from x2ct.projector.acquisition import AcquisitionRange
 
 PREDICTION_TYPES = ("v_prediction", "epsilon", "sample")
 BETA_SCHEDULES = ("linear_beta", "scaled_linear_beta", "sigmoid_beta", "cosine")
@@ -55,6 +57,13 @@ class LatentDiffusionConfig:
     backproject_channels: int = 8  # feature channels back-projected per view
     geometry: dict = field(default_factory=default_geometry)  # Geometry.to_dict()
     xray_scale: float = DRR_SCALE  # network X-rays are line integrals / xray_scale
+    # what the X-ray encoder sees (diffusion/xray_input.py): "drr" (line integral /
+    # xray_scale: calibrated DRRs only) or "rank" (per-view pixel ranks, the same for any
+    # monotone display curve: radiographs)
+    xray_input: str = "drr"
+    # acquisitions trained for (x2ct.projector.AcquisitionRange.to_dict(): sad range,
+    # magnification range, angle jitter); None: the geometry's distances only
+    acquisition_range: dict | None = None
     # where preprocessing puts a new CT's spine (eval/reconstruct.py --ct): voxel (x, y, z)
     # of the CT grid, the training CTs' mean bone centroid (x2ct.data.spine_centre, no
     # mask; train/latent.py measures it); None: the grid's middle
@@ -108,6 +117,18 @@ class LatentDiffusionConfig:
                     f"spine_position must be three voxel coordinates, got {self.spine_position}"
                 )
         self.geometry = self.geometry_obj.to_dict()  # validates and normalises
+        if self.xray_input not in XRAY_INPUTS:
+            raise ValueError(f"xray_input must be one of {XRAY_INPUTS}, got {self.xray_input!r}")
+        if self.acquisition_range is not None:
+            try:
+                self.acquisition_range = AcquisitionRange.from_dict(
+                    dict(self.acquisition_range)
+                ).to_dict()
+            except TypeError as e:
+                raise ValueError(
+                    "acquisition_range must hold sad, magnification and angle_jitter, got "
+                    f"{self.acquisition_range!r}"
+                ) from e
         if self.latent_channels < 1:
             raise ValueError(f"latent_channels must be >= 1, got {self.latent_channels}")
         if len(self.latent_size) != 3 or min(self.latent_size) < 2:
@@ -194,6 +215,13 @@ class LatentDiffusionConfig:
     @property
     def geometry_obj(self) -> Geometry:
         return Geometry.from_dict(dict(self.geometry))
+
+    @property
+    def acquisitions(self) -> AcquisitionRange:
+        """The acquisitions the model accepts (its geometry's alone when not set)."""
+        if self.acquisition_range is None:
+            return AcquisitionRange.of(self.geometry_obj)
+        return AcquisitionRange.from_dict(dict(self.acquisition_range))
 
     @property
     def num_views(self) -> int:

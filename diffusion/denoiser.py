@@ -23,7 +23,8 @@ from x2ct.diffusion.config import LatentDiffusionConfig
 from x2ct.diffusion.schedule import NoiseSchedule
 from x2ct.diffusion.unet import build_unet
 from x2ct.diffusion.xray_encoder import XrayEncoder
-from x2ct.projector import Geometry
+from x2ct.diffusion.xray_input import network_input
+from x2ct.projector import Geometry, view_vectors
 
 __all__ = ["Condition", "LatentDenoiser"]
 
@@ -60,28 +61,6 @@ class LatentDenoiser(nn.Module):
         else:
             self.backprojector = None
         self.schedule = NoiseSchedule(config)  # plain object: nothing to train or save
-        self._view_backprojectors: dict = {}  # other view geometries (a refined pose)
-
-    def backprojector_for(self, geometry: Geometry | None) -> FeatureBackprojector | None:
-        """The back-projection of features along ``geometry``'s views (default: the
-        config's). Another geometry (e.g. angles refined by pose refinement) must keep the
-        number of views and the detector; its back-projector is built once and cached."""
-        if self.backprojector is None or geometry is None or geometry == self.config.geometry_obj:
-            return self.backprojector
-        nominal = self.config.geometry_obj
-        same_detector = geometry.detector_shape == nominal.detector_shape
-        if geometry.num_views != nominal.num_views or not same_detector:
-            raise ValueError(
-                f"a view geometry must keep the model's {nominal.num_views} views and "
-                f"{nominal.detector_shape} detector, got {geometry.to_dict()}"
-            )
-        if geometry not in self._view_backprojectors:
-            h, w = self.config.xray_shape
-            f = self.config.encoder_downsample
-            self._view_backprojectors[geometry] = FeatureBackprojector(
-                geometry, (h // f, w // f), self.config.latent_size, self.config.latent_spacing
-            )
-        return self._view_backprojectors[geometry].to(self.backprojector.inv_norm.device)
 
     # ------------------------------------------------------------------ conditioning
     def condition(
@@ -89,19 +68,38 @@ class LatentDenoiser(nn.Module):
         xrays: torch.Tensor,
         drop: torch.Tensor | None = None,
         geometry: Geometry | None = None,
+        views: torch.Tensor | None = None,
     ) -> Condition:
         """Encode X-rays (B, V, H, W); ``drop`` (B,) bool replaces a sample's condition by
-        the null condition (classifier-free guidance training); ``geometry``: the views to
-        back-project along, when not the config's (:meth:`backprojector_for`)."""
+        the null condition (classifier-free guidance training). The features are
+        back-projected along the config's views, or along ``views``: (B, V, 15) or (V, 15)
+        view vectors on the model's (H, W) detector in the CT field's frame (each case's
+        own acquisition: distances, pixel size, angles), or those of ``geometry`` (which
+        must keep the model's detector and number of views). The X-rays are first mapped
+        to the network's input (``config.xray_input``, diffusion/xray_input.py)."""
         expected = (self.config.num_views, *self.config.xray_shape)
         if xrays.ndim != 4 or tuple(xrays.shape[1:]) != expected:
             raise ValueError(
                 f"expected X-rays of shape (B, {expected[0]}, {expected[1]}, {expected[2]}) "
                 f"(the model's geometry), got {tuple(xrays.shape)}"
             )
-        context, feats = self.encoder(xrays)
-        backprojector = self.backprojector_for(geometry)
-        features = backprojector(feats) if backprojector is not None else None
+        if geometry is not None:
+            if views is not None:
+                raise ValueError("give the views or a geometry, not both")
+            nominal = self.config.geometry_obj
+            if geometry.num_views != nominal.num_views or (
+                geometry.detector_shape != nominal.detector_shape
+            ):
+                raise ValueError(
+                    f"a view geometry must keep the model's {nominal.num_views} views and "
+                    f"{nominal.detector_shape} detector, got {geometry.to_dict()}"
+                )
+            if geometry != nominal:
+                views = view_vectors(geometry, device=xrays.device)
+        context, feats = self.encoder(network_input(xrays, self.config.xray_input))
+        features = None
+        if self.backprojector is not None:
+            features = self.backprojector(feats, views)
         if drop is not None:
             keep = ~drop.to(device=context.device, dtype=torch.bool)
             # torch.where keeps null_context in the graph even when nothing is dropped
@@ -129,13 +127,14 @@ class LatentDenoiser(nn.Module):
         *,
         cond: Condition | None = None,
         drop: torch.Tensor | None = None,
+        views: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Network output at (x_t, t) given X-rays (encoded here) or a precomputed
-        ``cond``; x_t (B, C, x, y, z), t (B,) timesteps."""
+        """Network output at (x_t, t) given X-rays (encoded here, along ``views`` if given)
+        or a precomputed ``cond``; x_t (B, C, x, y, z), t (B,) timesteps."""
         if cond is None:
             if xrays is None:
                 raise ValueError("give the X-rays or a precomputed condition")
-            cond = self.condition(xrays, drop)
+            cond = self.condition(xrays, drop, views=views)
         if tuple(x_t.shape[1:]) != (self.config.latent_channels, *self.config.latent_size):
             raise ValueError(
                 f"expected latents (B, {self.config.latent_channels}, "

@@ -41,16 +41,25 @@ class DiffusionLoss:
         self.projection = projection if config.projection_weight > 0 else None
         self.projection_samples = int(projection_samples)
 
-    def __call__(self, net, x0: torch.Tensor, xrays: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __call__(
+        self,
+        net,
+        x0: torch.Tensor,
+        xrays: torch.Tensor,
+        views: torch.Tensor | None = None,
+        drr: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Loss terms (scalars): "diffusion", and "projection" when enabled (already
         weighted; the total is their sum), plus "projection_l1" (unweighted mean error,
-        detached, for logging)."""
+        detached, for logging). ``views`` (B, V, 15): each case's acquisition (default the
+        config's); ``drr``: the normalised line integrals the projection loss compares
+        with, when ``xrays`` (the network's input) are not those (e.g. radiograph-styled)."""
         b = x0.shape[0]
         t = self.schedule.sample_timesteps(b, device=x0.device)
         eps = torch.randn_like(x0)
         drop = torch.rand(b, device=x0.device) < self.config.cond_drop_prob
         x_t = self.schedule.add_noise(x0, eps, t)
-        out = net(x_t, t, xrays, drop=drop).float()
+        out = net(x_t, t, xrays, drop=drop, views=views).float()
         terms = {"diffusion": F.mse_loss(out, self.schedule.target(x0, eps, t))}
         if self.projection is not None:
             ab = self.schedule.alpha_bar(t)
@@ -59,7 +68,10 @@ class DiffusionLoss:
             if k < b:  # the k most heavily weighted samples
                 idx = torch.topk(timestep_weight(ab, self.projection.weighting), k).indices
             z0_hat, _ = self.schedule.to_x0_eps(x_t[idx], out[idx], t[idx])
-            loss, err = self.projection(z0_hat, xrays[idx], ab[idx])
+            target = xrays if drr is None else drr
+            loss, err = self.projection(
+                z0_hat, target[idx], ab[idx], None if views is None else views[idx]
+            )
             terms["projection"] = self.config.projection_weight * loss
             terms["projection_l1"] = err.mean()
         return terms

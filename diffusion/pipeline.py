@@ -52,7 +52,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from x2ct.autoencoder import CTAutoencoder
-from x2ct.data import ct_to_drr, hu_to_unit
+from x2ct.data import ct_to_drr, hu_to_unit, unit_to_hu
+from x2ct.diffusion.calibration import fit_display_curve
 from x2ct.diffusion.config import SAMPLERS, LatentDiffusionConfig
 from x2ct.diffusion.denoiser import LatentDenoiser
 from x2ct.diffusion.guidance import ProjectionGuidance, correct_x0, projection_hook
@@ -61,9 +62,17 @@ from x2ct.diffusion.regression import predict_latent
 from x2ct.diffusion.samplers import sample
 from x2ct.diffusion.schedule import append_dims
 from x2ct.fileio import atomic_dir
-from x2ct.projector import Geometry
+from x2ct.projector import (
+    Geometry,
+    hu_to_mu,
+    isocentre_pixel,
+    project_views,
+    stack_views,
+    view_vectors,
+)
 
 __all__ = [
+    "INTENSITIES",
     "CONFIG_NAME",
     "WEIGHTS_NAME",
     "AUTOENCODER_DIR",
@@ -73,6 +82,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger("x2ct.diffusion")
+
+INTENSITIES = ("line_integral", "display")
+"""What the X-ray values given to a Reconstructor are: normalised line integrals, or an
+unknown monotone display of them (radiographs)."""
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -88,6 +101,10 @@ class Reconstruction(NamedTuple):
     # "guided" (B, S) bool: the guided sample was kept, and "final" (B, S) = the minimum
     projection: dict[str, torch.Tensor] | None = None
     pose: torch.Tensor | None = None  # (B, V, 3) refined (d_angle, d_u, d_v) if refined
+    # intensity="display" with projection guidance or pose refinement: the X-rays mapped
+    # through the display curve fitted against the reconstruction (normalised line
+    # integrals, (B, V, H, W))
+    calibrated: torch.Tensor | None = None
 
 
 class _Replay:
@@ -217,21 +234,16 @@ class Reconstructor:
 
     # ------------------------------------------------------------------ X-rays
     def check_xrays(self, xrays: torch.Tensor, geometry=None, allow_geometry_mismatch=False):
-        """Refuse X-rays of another shape, or declared with another geometry."""
-        if geometry is not None:
-            g = Geometry.from_dict(geometry) if isinstance(geometry, dict) else geometry
-            if g != self.geometry and not allow_geometry_mismatch:
-                raise ValueError(
-                    f"the X-rays were declared with geometry {g.to_dict()} but the model was "
-                    f"trained for {self.geometry.to_dict()}; pass allow_geometry_mismatch=True "
-                    "to reconstruct anyway (expect worse results)"
-                )
+        """Refuse X-rays of another shape, or declared with a geometry the model was not
+        trained for (:meth:`acquisition_views`)."""
+        self.acquisition_views(geometry, allow_geometry_mismatch)
         expected = (self.config.num_views, *self.config.xray_shape)
         if xrays.ndim != 4 or tuple(xrays.shape[1:]) != expected:
             raise ValueError(
                 f"expected X-rays of shape (B, {expected[0]}, {expected[1]}, {expected[2]}): "
                 f"views {self.geometry.angles} on the model's {expected[1]}x{expected[2]} "
-                f"detector; got {tuple(xrays.shape)} (resize with x2ct.data.load_xray(shape=...))"
+                f"detector; got {tuple(xrays.shape)} (resample radiographs onto it with "
+                "x2ct.data.resample_radiograph)"
             )
 
     def projection_guidance_for(
@@ -251,48 +263,146 @@ class Reconstructor:
         return option
 
     @torch.no_grad()
-    def simulate_xrays(self, hu: torch.Tensor, geometry: Geometry | None = None) -> torch.Tensor:
+    def simulate_xrays(
+        self,
+        hu: torch.Tensor,
+        geometry: Geometry | None = None,
+        views: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The model's X-rays of a CT (B, 1, X, Y, Z) in HU at the model's spacing, made
         as the datasets make them (HU clipped to the window, ``ct_to_drr``): normalised
         DRRs (B, V, H, W) = project(hu_to_mu(hu)) / xray_scale; along ``geometry``'s
-        views if given (default: the model's)."""
+        views if given, or per case along ``views`` ((B, V, 15) or (V, 15) view vectors on
+        the model's detector), else the model's."""
         window = self.autoencoder.config.hu_window
         unit = hu_to_unit(hu.float(), window)
-        drr = ct_to_drr(unit, geometry or self.geometry, self.spacing, window)
+        if views is None:
+            drr = ct_to_drr(unit, geometry or self.geometry, self.spacing, window)
+        else:
+            mu = hu_to_mu(unit_to_hu(unit, window))
+            drr = project_views(
+                mu, views, self.geometry.detector_shape, self.spacing, 0.5, self.geometry.parallel
+            )
         return drr / self.config.xray_scale
 
     @torch.no_grad()
     def projection_errors(
-        self, hu: torch.Tensor, xrays: torch.Tensor, geometry: Geometry | None = None
+        self,
+        hu: torch.Tensor,
+        xrays: torch.Tensor,
+        geometry: Geometry | None = None,
+        views: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B,) mean |simulate_xrays(hu) - xrays| per case: the projection error of
         ``x2ct.eval.metrics.projection_error`` (same rendering), batched."""
-        drr = self.simulate_xrays(hu, geometry)
+        drr = self.simulate_xrays(hu, geometry, views)
         return (drr - xrays.to(drr)).abs().flatten(1).mean(1)
 
-    def _guidance_error_fn(self, geometry: Geometry):
-        """(B,) differentiable mean |A(z) - y| of latents z for projection guidance."""
+    def _guidance_error_fn(self, views: torch.Tensor | None):
+        """(B,) differentiable mean |A(z) - y| of latents z for projection guidance, along
+        ``views`` (one (V, 15) row per latent) or the model's views."""
         loss = ProjectionLoss(
-            self.autoencoder, geometry, self.shape, self.config.xray_scale,
+            self.autoencoder, self.geometry, self.shape, self.config.xray_scale,
             self.config.projection_step, "constant",
         )
-        return loss.per_sample
+        return lambda z, y: loss.per_sample(z, y, views)
 
     @torch.no_grad()
-    def _keep_better(self, z, hu, z_guided, xrays, geometry):
+    def _keep_better(self, z, hu, z_guided, xrays, views):
         """Per latent, the plain (z, hu) or the guided one, whichever has the smaller
         projection error: (z, hu, (error before, error after, guided kept)). The guided
         latent's decode and both DRR renderings are the price of the guarantee."""
         hu_g = self.autoencoder.output_to_hu(self.autoencoder.decode(z_guided, shape=self.shape))
         hu_g = hu_g.float()
-        before = self.projection_errors(hu, xrays, geometry)  # (N,)
-        after = self.projection_errors(hu_g, xrays, geometry)
+        before = self.projection_errors(hu, xrays, views=views)  # (N,)
+        after = self.projection_errors(hu_g, xrays, views=views)
         guided = after < before  # ties keep the plain result
         z = torch.where(append_dims(guided, z.ndim), z_guided.to(z.dtype), z)
         hu = torch.where(append_dims(guided, hu.ndim), hu_g, hu)
         return z, hu, (before, after, guided)
 
+    def acquisition_views(
+        self,
+        geometry: Geometry | dict | list | None,
+        allow_geometry_mismatch: bool = False,
+        device=None,
+    ) -> torch.Tensor | None:
+        """View vectors (V, 15) for X-rays declared with ``geometry`` (a Geometry of all
+        views, or one single-view Geometry per view, on the model's detector), or None for
+        the model's own views. Refused, with the range named, outside the acquisitions the
+        model was trained for (``config.acquisitions``) unless ``allow_geometry_mismatch``."""
+        if geometry is None:
+            return None
+        if isinstance(geometry, dict):
+            geometry = Geometry.from_dict(geometry)
+        per_view = geometry.split() if isinstance(geometry, Geometry) else list(geometry)
+        if [g for g in per_view if g.detector_shape != self.geometry.detector_shape]:
+            raise ValueError(
+                f"the X-rays' detector must be the model's {self.geometry.detector_shape} "
+                "pixels (resample radiographs onto it: x2ct.data.resample_radiograph)"
+            )
+        if sum(g.num_views for g in per_view) != self.geometry.num_views:
+            raise ValueError(
+                f"the model takes {self.geometry.num_views} views, the geometry declares "
+                f"{sum(g.num_views for g in per_view)}"
+            )
+        per_view = [v for g in per_view for v in g.split()]
+        if per_view == self.geometry.split():
+            return None
+        nominal_pixel = isocentre_pixel(self.geometry)
+        for i, g in enumerate(per_view):
+            pixel = isocentre_pixel(g)
+            if any(abs(p - q) > 1e-3 * q for p, q in zip(pixel, nominal_pixel)):
+                problem = (
+                    f"view {i}: its pixels cover {pixel[0]:.4g} x {pixel[1]:.4g} mm at the "
+                    f"isocentre, the model's {nominal_pixel[0]:.4g} x {nominal_pixel[1]:.4g} mm "
+                    "(resample the image onto the model's detector with "
+                    "x2ct.data.resample_radiograph)"
+                )
+                if not allow_geometry_mismatch:
+                    raise ValueError(
+                        f"{problem}; pass allow_geometry_mismatch=True to reconstruct anyway "
+                        "(expect worse results)"
+                    )
+        try:
+            self.config.acquisitions.check(per_view, self.geometry)
+        except ValueError as e:
+            if not allow_geometry_mismatch:
+                raise ValueError(
+                    f"{e}; pass allow_geometry_mismatch=True to reconstruct anyway (expect "
+                    "worse results)"
+                ) from None
+        return stack_views(per_view, torch.float32, device)
+
     # ------------------------------------------------------------------ reconstruction
+    def _case_views(self, xrays, views, view_geometry, geometry, allow_geometry_mismatch):
+        """(B, V, 15) view vectors of each case, or None for the model's own views."""
+        if sum(x is not None for x in (views, view_geometry, geometry)) > 1:
+            raise ValueError("give at most one of views, view_geometry and geometry")
+        if view_geometry is not None:
+            if view_geometry == self.geometry:
+                return None
+            nominal = self.geometry
+            if view_geometry.num_views != nominal.num_views or (
+                view_geometry.detector_shape != nominal.detector_shape
+            ):
+                raise ValueError(
+                    f"a view geometry must keep the model's {nominal.num_views} views and "
+                    f"{nominal.detector_shape} detector, got {view_geometry.to_dict()}"
+                )
+            views = view_vectors(view_geometry)
+        elif geometry is not None:
+            views = self.acquisition_views(geometry, allow_geometry_mismatch)
+        if views is None:
+            return None
+        views = views.to(torch.float32)
+        if views.ndim == 2:
+            views = views.expand(xrays.shape[0], *views.shape)
+        expected = (xrays.shape[0], self.geometry.num_views, 15)
+        if tuple(views.shape) != expected:
+            raise ValueError(f"views must be {expected} (or (V, 15)), got {tuple(views.shape)}")
+        return views
+
     @torch.no_grad()
     def __call__(
         self,
@@ -304,15 +414,17 @@ class Reconstructor:
         generator: torch.Generator | None = None,
         device=None,
         batch_size: int | None = None,
-        geometry: Geometry | dict | None = None,
+        geometry: Geometry | dict | list | None = None,
         allow_geometry_mismatch: bool = False,
         progress: bool = False,
         timings: dict[str, float] | None = None,
         projection_guidance: ProjectionGuidance | bool | None = None,
         pose_refinement=None,
         view_geometry: Geometry | None = None,
+        views: torch.Tensor | None = None,
+        intensity: str = "line_integral",
     ) -> Reconstruction:
-        """Reconstruct CT from X-rays (B, V, H, W) (normalised, as datasets yield them).
+        """Reconstruct CT from X-rays (B, V, H, W) on the model's detector.
 
         Args:
             sampler: "ddim", "ddpm" or "rflow" (default: the config's).
@@ -323,8 +435,23 @@ class Reconstructor:
             generator: torch.Generator for the noise (repeatable results).
             device: where to run (default: where the model is).
             batch_size: latents denoised at once (default: all B * num_samples).
-            geometry: the geometry the X-rays were taken with, if known; refused when it is
-                not the model's unless ``allow_geometry_mismatch``.
+            geometry: the acquisition the X-rays were taken with, if not the model's: a
+                Geometry of all views, or one single-view Geometry per view, on the
+                model's detector (``x2ct.data.resample_radiograph`` puts a radiograph
+                there); refused outside ``config.acquisitions`` unless
+                ``allow_geometry_mismatch``.
+            views: per case view vectors (B, V, 15) (or (V, 15) for all) on the model's
+                detector, in the field's frame: the most general acquisition (training
+                data carries them); excludes ``geometry`` and ``view_geometry``.
+            view_geometry: the views as a Geometry, without the range check (pose
+                refinement passes refined views this way).
+            intensity: "line_integral": the X-rays are normalised line integrals
+                (drr / xray_scale, as x2ct renders them); "display": an unknown monotone
+                function of them (radiographs: any window, gamma, LUT, bit depth). The
+                latter needs a model with ``xray_input="rank"``; projection guidance and
+                pose refinement then fit the display curve per view against the DRRs of
+                each plain reconstruction (isotonic regression,
+                diffusion/calibration.py) and use the calibrated images.
             timings: a dict to fill with the seconds of each stage of this call (summed
                 over batches; CUDA synchronised around each): "encode" (X-ray encoder and
                 back-projection), "sample" (starting noise and the sampler's loop),
@@ -335,9 +462,15 @@ class Reconstructor:
                 None: the config's default, False: off.
             pose_refinement: a :class:`x2ct.diffusion.pose.PoseRefinement`: alternate
                 reconstruction and pose refinement (diffusion/pose.py).
-            view_geometry: condition (and guide) along this geometry's views instead of
-                the model's: same detector and number of views, other angles.
         """
+        if intensity not in INTENSITIES:
+            raise ValueError(f"intensity must be one of {INTENSITIES}, got {intensity!r}")
+        if intensity == "display" and self.config.xray_input != "rank":
+            raise ValueError(
+                "this model reads calibrated line integrals only (xray_input "
+                f"{self.config.xray_input!r}): radiographs with an unknown display curve need "
+                "a model trained with xray_input='rank'"
+            )
         if pose_refinement is not None:
             from x2ct.diffusion.pose import reconstruct_with_pose
 
@@ -348,7 +481,8 @@ class Reconstructor:
                 guidance_scale=guidance_scale, num_samples=num_samples, generator=generator,
                 device=device, batch_size=batch_size, geometry=geometry,
                 allow_geometry_mismatch=allow_geometry_mismatch, progress=progress,
-                timings=timings, projection_guidance=projection_guidance,
+                timings=timings, projection_guidance=projection_guidance, views=views,
+                intensity=intensity,
             )
         sampler = self.config.sampler if sampler is None else sampler
         steps = self.config.sampler_steps if steps is None else int(steps)
@@ -358,7 +492,12 @@ class Reconstructor:
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         projection_guidance = self.projection_guidance_for(projection_guidance)
-        self.check_xrays(xrays, geometry, allow_geometry_mismatch)
+        expected = (self.config.num_views, *self.config.xray_shape)
+        if xrays.ndim != 4 or tuple(xrays.shape[1:]) != expected:
+            self.check_xrays(xrays)  # raises with the expected shape
+        case_views = self._case_views(
+            xrays, views, view_geometry, geometry, allow_geometry_mismatch
+        )
         if device is not None:
             self.to(device)
         device = self.device
@@ -366,7 +505,6 @@ class Reconstructor:
         total = b * n
         batch_size = total if batch_size is None else max(1, int(batch_size))
         c = self.config
-        views = view_geometry or self.geometry
         regression = c.objective == "regression"
         if projection_guidance is not None and generator is None:
             # the plain and the guided chain must see the same noise (ddpm draws per step)
@@ -379,12 +517,16 @@ class Reconstructor:
                 total, c.latent_channels, *c.latent_size, generator=generator, device=gen_device
             ).to(device)
         xr = xrays.to(device, torch.float32)
+        if case_views is not None:
+            case_views = case_views.to(device)
         with _stage(timings, "encode", device):
-            cond = self.denoiser.condition(xr, geometry=view_geometry).repeat(n)
+            cond = self.denoiser.condition(xr, views=case_views).repeat(n)
         rows = xr.repeat_interleave(n, dim=0)  # (B*S, V, H, W): each latent's X-rays
-        latents, hus, report = [], [], []
+        row_views = None if case_views is None else case_views.repeat_interleave(n, dim=0)
+        latents, hus, report, targets = [], [], [], []
         for start in range(0, total, batch_size):
             idx = slice(start, min(start + batch_size, total))
+            idx_views = None if row_views is None else row_views[idx]
             replay = None
             with _stage(timings, "sample", device):
                 if regression:
@@ -403,19 +545,24 @@ class Reconstructor:
                 hu = hu.float()
             if projection_guidance is not None:
                 with _stage(timings, "guidance", device):
-                    error_fn = self._guidance_error_fn(views)
+                    target = rows[idx]
+                    if intensity == "display":  # the display curve, fitted per latent
+                        drr = self.simulate_xrays(hu, views=idx_views)
+                        target = fit_display_curve(target, drr)
+                        targets.append(target)
+                    error_fn = self._guidance_error_fn(idx_views)
                     if regression:  # one estimate to correct: all the inner steps on it
                         g = projection_guidance
-                        z_g = correct_x0(z, rows[idx], error_fn, g.strength, g.inner * g.steps)
+                        z_g = correct_x0(z, target, error_fn, g.strength, g.inner * g.steps)
                     else:
                         if generator is not None:
                             generator.set_state(state)  # the same noise as the plain chain
-                        hook = projection_hook(projection_guidance, rows[idx], error_fn)
+                        hook = projection_hook(projection_guidance, target, error_fn)
                         z_g = sample(
                             sampler, replay.replaying(), noise[idx], self.denoiser.schedule,
                             steps, generator=generator, progress=progress, x0_hook=hook,
                         )
-                    z, hu, row = self._keep_better(z, hu, z_g, rows[idx], views)
+                    z, hu, row = self._keep_better(z, hu, z_g, target, idx_views)
                     report.append(row)
             hus.append(hu)
             latents.append(z)
@@ -427,4 +574,7 @@ class Reconstructor:
             before, after, guided = (torch.cat(r).reshape(b, n).cpu() for r in zip(*report))
             final = torch.where(guided, after, before)
             projection = {"before": before, "after": after, "guided": guided, "final": final}
-        return Reconstruction(hu.mean(dim=1), std, latent, projection)
+        calibrated = None
+        if targets:  # the calibrated X-rays of each case's first sample
+            calibrated = torch.cat(targets).reshape(b, n, *xrays.shape[1:])[:, 0].cpu()
+        return Reconstruction(hu.mean(dim=1), std, latent, projection, None, calibrated)

@@ -6,16 +6,13 @@ not exactly the model's (never exactly orthogonal or centred).
 
 Each round fits every view's pose (``x2ct.projector.refine_pose``: 1 - NCC between the
 X-rays and the DRRs of the current reconstruction, starting from the last round's pose),
-then reconstructs again with it:
-
-- the detector shifts are undone on the X-rays (``shift_to_nominal``: exact, a shift of
-  the detector in its plane only relabels pixels), so the model sees centred X-rays;
-- the angle offsets become the views of a Geometry (``posed_geometry``) that the
-  geometry-aware conditioning back-projects along (``LatentDenoiser.backprojector_for``)
-  and projection guidance renders along. The X-ray encoder itself was trained on the
-  nominal angles only, so large offsets remain outside its training distribution.
-
-Cases are reconstructed one at a time after the first round (each has its own pose).
+then reconstructs again along the posed views (``x2ct.projector.pose_views``: each view
+turned about the body axis and its detector shifted in its plane), which the geometry-
+aware conditioning back-projects along and projection guidance renders along. The X-rays
+themselves are not resampled: the model was trained on fields placed off centre, so a
+shifted image is within what it has seen. Radiographs (``intensity="display"``) are first
+mapped through their display curve fitted against the reconstruction's DRRs
+(diffusion/calibration.py).
 """
 
 from __future__ import annotations
@@ -24,7 +21,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from x2ct.projector import hu_to_mu, posed_geometry, refine_pose, shift_to_nominal
+from x2ct.diffusion.calibration import fit_display_curve
+from x2ct.projector import hu_to_mu, pose_views, refine_pose, view_vectors
 
 __all__ = ["PoseRefinement", "reconstruct_with_pose"]
 
@@ -47,30 +45,33 @@ def reconstruct_with_pose(recon, xrays: torch.Tensor, options: PoseRefinement, *
     """Reconstruct, then ``options.rounds`` times refine the pose and reconstruct again;
     ``kwargs`` are :meth:`Reconstructor.__call__`'s. Returns the last reconstruction with
     ``pose`` (B, V, 3) set."""
-    from x2ct.diffusion.pipeline import Reconstruction
-
     nominal = recon.geometry
     lo, hi = recon.autoencoder.config.hu_window
-    out = recon(xrays, **kwargs)
-    pose = torch.zeros(xrays.shape[0], nominal.num_views, 3)
+    intensity = kwargs.get("intensity", "line_integral")
+    base = kwargs.pop("views", None)
+    geometry = kwargs.pop("geometry", None)
+    allow = kwargs.pop("allow_geometry_mismatch", False)
+    if base is None and geometry is not None:
+        base = recon.acquisition_views(geometry, allow)
+    b, n_views = xrays.shape[:2]
+    if base is None:
+        base = view_vectors(nominal, torch.float32)
+    base = base.float().expand(b, n_views, 15) if base.ndim == 2 else base.float()
+    out = recon(xrays, views=base, **kwargs)
+    pose = torch.zeros(b, n_views, 3)
+    posed = base
     for _ in range(options.rounds):
         mu = hu_to_mu(out.hu.clamp(lo, hi))  # what simulate_xrays renders
+        target = xrays.to(mu)
+        if intensity == "display":
+            drr = recon.simulate_xrays(out.hu.to(recon.device), views=posed.to(recon.device))
+            target = fit_display_curve(target, drr.to(mu))
         fit = refine_pose(
-            mu, xrays.to(mu), nominal, recon.spacing, options.iters, options.lr, init=pose
+            mu, target, nominal, recon.spacing, options.iters, options.lr, init=pose,
+            views=base.to(mu),
         )
         pose = fit.pose
-        parts = []
-        for i in range(xrays.shape[0]):
-            x_i = shift_to_nominal(xrays[i : i + 1], nominal, pose[i])
-            parts.append(recon(x_i, view_geometry=posed_geometry(nominal, pose[i]), **kwargs))
-        projection = None
-        if parts[0].projection is not None:
-            keys = parts[0].projection
-            projection = {k: torch.cat([p.projection[k] for p in parts]) for k in keys}
-        out = Reconstruction(
-            torch.cat([p.hu for p in parts]),
-            None if parts[0].std is None else torch.cat([p.std for p in parts]),
-            torch.cat([p.latent for p in parts]),
-            projection,
-        )
+        posed = torch.stack([pose_views(base[i].double(), pose[i].double()) for i in range(b)])
+        posed = posed.float()
+        out = recon(xrays, views=posed, **kwargs)
     return out._replace(pose=pose)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from x2ct.projector import Geometry, hu_to_mu, project
+from x2ct.projector import Geometry, hu_to_mu, project, project_views
 
 __all__ = ["ProjectionLoss", "timestep_weight", "unit_to_hu_linear"]
 
@@ -73,18 +73,33 @@ class ProjectionLoss:
             return checkpoint(fn, z, use_reentrant=False)
         return fn(z)
 
-    def drr(self, ct_unit: torch.Tensor) -> torch.Tensor:
-        """CT in [-1, 1] -> normalised DRRs (B, V, H, W)."""
+    def drr(self, ct_unit: torch.Tensor, views: torch.Tensor | None = None) -> torch.Tensor:
+        """CT in [-1, 1] -> normalised DRRs (B, V, H, W), along the geometry's views or
+        per case along ``views`` ((B, V, 15) or (V, 15) view vectors)."""
         mu = hu_to_mu(unit_to_hu_linear(ct_unit.float(), self.hu_window))
-        return project(mu, self.geometry, self.spacing, step=self.step) / self.xray_scale
+        if views is None:
+            return project(mu, self.geometry, self.spacing, step=self.step) / self.xray_scale
+        drr = project_views(
+            mu, views, self.geometry.detector_shape, self.spacing, self.step, self.geometry.parallel
+        )
+        return drr / self.xray_scale
 
-    def per_sample(self, z0: torch.Tensor, xrays: torch.Tensor) -> torch.Tensor:
-        """(B,) mean |DRR(decode(z0)) - xrays|, unweighted."""
-        drr = self.drr(self.decode(z0))
+    def per_sample(
+        self, z0: torch.Tensor, xrays: torch.Tensor, views: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B,) mean |DRR(decode(z0)) - xrays|, unweighted; ``xrays`` are normalised line
+        integrals (line integral / xray_scale)."""
+        drr = self.drr(self.decode(z0), views)
         return (drr - xrays.to(drr.dtype)).abs().flatten(1).mean(1)
 
-    def __call__(self, z0: torch.Tensor, xrays: torch.Tensor, alpha_bar: torch.Tensor):
+    def __call__(
+        self,
+        z0: torch.Tensor,
+        xrays: torch.Tensor,
+        alpha_bar: torch.Tensor,
+        views: torch.Tensor | None = None,
+    ):
         """Weighted loss (scalar) and the unweighted per-sample errors (B,)."""
-        err = self.per_sample(z0, xrays)
+        err = self.per_sample(z0, xrays, views)
         w = timestep_weight(alpha_bar.to(err.device, err.dtype), self.weighting)
         return (w * err).mean(), err.detach()

@@ -49,16 +49,25 @@ class RegressionLoss:
         self.config = config
         self.projection = projection if config.projection_weight > 0 else None
 
-    def __call__(self, net, x0: torch.Tensor, xrays: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __call__(
+        self,
+        net,
+        x0: torch.Tensor,
+        xrays: torch.Tensor,
+        views: torch.Tensor | None = None,
+        drr: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Loss terms; ``views`` and ``drr`` as for ``DiffusionLoss``."""
         x, t = regression_inputs(self.config, x0.shape[0], x0.device, x0.dtype)
         # drop all False: nothing is dropped, but the null context stays in the graph (with
         # zero gradient), as DistributedDataParallel needs every parameter used
         keep_all = torch.zeros(x0.shape[0], dtype=torch.bool, device=x0.device)
-        z_hat = net(x, t, xrays, drop=keep_all).float()
+        z_hat = net(x, t, xrays, drop=keep_all, views=views).float()
         terms = {"regression": F.mse_loss(z_hat, x0.float())}
         if self.projection is not None:
             ones = torch.ones(x0.shape[0], device=x0.device)
-            loss, err = self.projection(z_hat, xrays, ones)
+            target = xrays if drr is None else drr
+            loss, err = self.projection(z_hat, target, ones, views)
             terms["projection"] = self.config.projection_weight * loss
             terms["projection_l1"] = err.mean()
         return terms

@@ -1,5 +1,6 @@
 """Differentiable X-ray projector: geometry, attenuation, ``project`` and its adjoint."""
 
+from x2ct.projector.acquisition import AcquisitionRange, isocentre_pixel, on_model_detector
 from x2ct.projector.attenuation import DRR_SCALE, MU_WATER, hu_to_mu, mu_to_hu
 from x2ct.projector.geometry import (
     Geometry,
@@ -10,6 +11,7 @@ from x2ct.projector.geometry import (
 )
 from x2ct.projector.pose import (
     PoseFit,
+    pose_views,
     posed_geometry,
     posed_view_vectors,
     project_posed,
@@ -27,6 +29,9 @@ from x2ct.projector.project import (
 )
 
 __all__ = [
+    "AcquisitionRange",
+    "isocentre_pixel",
+    "on_model_detector",
     "BACKENDS",
     "DRR_SCALE",
     "MU_WATER",
@@ -36,6 +41,7 @@ __all__ = [
     "backproject_views",
     "hu_to_mu",
     "mu_to_hu",
+    "pose_views",
     "posed_geometry",
     "posed_view_vectors",
     "project",

@@ -40,6 +40,7 @@ __all__ = [
     "PoseFit",
     "ncc",
     "posed_geometry",
+    "pose_views",
     "posed_view_vectors",
     "project_posed",
     "refine_pose",
@@ -70,20 +71,51 @@ def posed_view_vectors(geometry: Geometry, pose: torch.Tensor) -> torch.Tensor:
     return torch.cat([source, origin, col_step, row_step, s], -1)  # (V, 15)
 
 
+def pose_views(views: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+    """Any view vectors (V, 15) moved by ``pose`` (V, 3) = (d_angle deg, d_u mm, d_v mm):
+    each view turned by d_angle about +Z through the isocentre (source, detector and beam
+    together, as a gantry turns), then its detector shifted in its own plane by d_u along
+    its column direction and d_v along its row direction. For a Geometry's views this is
+    :func:`posed_view_vectors`; differentiable in ``pose``."""
+    if views.ndim != 2 or views.shape[1] != 15 or pose.shape != (views.shape[0], 3):
+        raise ValueError(f"need views (V, 15) and pose (V, 3), got {tuple(views.shape)}, "
+                         f"{tuple(pose.shape)}")
+    pose = pose.to(views)
+    a = torch.deg2rad(pose[:, 0])
+    c, s_ = torch.cos(a), torch.sin(a)
+    zero, one = torch.zeros_like(a), torch.ones_like(a)
+    rot = torch.stack(
+        [torch.stack([c, -s_, zero], -1), torch.stack([s_, c, zero], -1),
+         torch.stack([zero, zero, one], -1)], -2
+    )  # (V, 3, 3)
+    p = views.reshape(-1, 5, 3) @ rot.transpose(-1, -2)  # rotate points and directions
+    col, row = p[:, 2], p[:, 3]
+    shift = (pose[:, 1:2] * col / col.norm(dim=-1, keepdim=True)
+             + pose[:, 2:3] * row / row.norm(dim=-1, keepdim=True))
+    p = torch.cat([p[:, :1], p[:, 1:2] + shift[:, None], p[:, 2:]], 1)
+    return p.reshape(-1, 15)
+
+
 def project_posed(
     mu: torch.Tensor,
     geometry: Geometry,
     pose: torch.Tensor,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     step: float = 0.5,
+    views: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DRRs (B, V, H, W) of ``mu`` (B, 1, X, Y, Z) along the posed views, by the PyTorch
     reference path; differentiable in ``mu`` and ``pose`` (V, 3). ``pose`` zero gives
-    ``project(mu, geometry, spacing, step, backend="torch")``."""
+    ``project(mu, geometry, spacing, step, backend="torch")``. ``views`` (V, 15): pose
+    these view vectors instead of the geometry's (a case's own acquisition on the
+    geometry's detector, :func:`pose_views`)."""
     if mu.ndim != 5 or mu.shape[1] != 1:
         raise ValueError(f"mu must be (B, 1, X, Y, Z), got {tuple(mu.shape)}")
     spacing = tuple(float(s) for s in spacing)
-    views = posed_view_vectors(geometry, pose.to(mu.device))
+    if views is None:
+        views = posed_view_vectors(geometry, pose.to(mu.device))
+    else:
+        views = pose_views(views.to(mu.device, mu.dtype), pose.to(mu.device))
     step_mm = float(step) * min(spacing)
     return forward_reference(
         mu[:, 0], views, tuple(geometry.detector_shape), spacing, step_mm, geometry.parallel
@@ -150,6 +182,7 @@ def refine_pose(
     lr: float = 0.3,
     step: float = 1.0,
     init: torch.Tensor | None = None,
+    views: torch.Tensor | None = None,
 ) -> PoseFit:
     """Fit each view's (d_angle, d_u, d_v) so that the DRRs of ``mu`` (B, 1, X, Y, Z, 1/mm)
     match ``xrays`` (B, V, H, W; any gain and offset) best: Adam on
@@ -159,7 +192,8 @@ def refine_pose(
     first, so a few tenths suit offsets of a few degrees and millimetres); ``step`` is the
     ray-march step in voxels (coarser than the projector's default: pose needs little
     accuracy per ray and each iteration renders and back-propagates every view). The best
-    pose seen is returned (the last iterate can overshoot)."""
+    pose seen is returned (the last iterate can overshoot). ``views`` ((V, 15) or
+    (B, V, 15)): each case's own acquisition to pose, instead of the geometry's views."""
     if iters < 0 or lr <= 0:
         raise ValueError(f"need iters >= 0 and lr > 0, got {iters}, {lr}")
     b, n_views = xrays.shape[:2]
@@ -178,7 +212,8 @@ def refine_pose(
         best, best_loss, first = pose.detach().clone(), math.inf, None
         for k in range(iters + 1):
             with torch.enable_grad():
-                drr = project_posed(mu[i : i + 1], geometry, pose, spacing, step)
+                base = None if views is None else (views if views.ndim == 2 else views[i])
+                drr = project_posed(mu[i : i + 1], geometry, pose, spacing, step, base)
                 loss = (1 - ncc(drr[0], xrays[i])).mean()
             value = float(loss.detach())
             first = value if first is None else first

@@ -310,7 +310,7 @@ def test_projection_loss_renders_the_most_heavily_weighted_samples(monkeypatch):
     class Recorder:
         weighting = "alpha_bar"
 
-        def __call__(self, z0, x, alpha_bar):
+        def __call__(self, z0, x, alpha_bar, views=None):
             seen.append((x, alpha_bar))
             return z0.sum() * 0, torch.zeros(len(x))
 

@@ -87,14 +87,14 @@ def test_refine_pose_rejects_bad_arguments(case):
 
 def test_reconstruct_with_pose_refits_and_reconstructs_along_the_refined_views(case):
     """The alternation with an oracle reconstructor (it returns the true CT): the fitted
-    pose approaches the truth, and the second reconstruction gets the X-rays moved back by
-    the fitted detector shifts and a geometry with the fitted angles."""
+    pose approaches the truth, and the second reconstruction gets the same X-rays with the
+    views moved by the fitted pose."""
     from types import SimpleNamespace
 
     from x2ct.diffusion import PoseRefinement
     from x2ct.diffusion.pipeline import Reconstruction
     from x2ct.diffusion.pose import reconstruct_with_pose
-    from x2ct.projector import mu_to_hu
+    from x2ct.projector import mu_to_hu, pose_views, view_vectors
 
     mu, g = case
     hu = mu_to_hu(mu)
@@ -104,15 +104,16 @@ def test_reconstruct_with_pose_refits_and_reconstructs_along_the_refined_views(c
         geometry, spacing = g, SPACING
         autoencoder = SimpleNamespace(config=SimpleNamespace(hu_window=(-1000.0, 3000.0)))
 
-        def __call__(self, xrays, view_geometry=None, **kwargs):
-            calls.append((xrays, view_geometry))
+        def __call__(self, xrays, views=None, **kwargs):
+            calls.append((xrays, views))
             return Reconstruction(hu, None, torch.zeros(1, 1, 1, 2, 2, 2))
 
     xrays = project_posed(mu, g, TRUTH, SPACING)
     out = reconstruct_with_pose(Oracle(), xrays, PoseRefinement(rounds=1, iters=60))
     assert (out.pose[0] - TRUTH).norm() < 0.25 * TRUTH.norm()  # as in the test above
-    assert len(calls) == 2 and calls[0][1] is None
-    angles = torch.tensor(calls[1][1].angles) - torch.tensor(g.angles)
-    assert torch.allclose(angles, out.pose[0, :, 0])
-    # the fitted detector shifts are undone on the X-rays (shift_to_nominal is tested above)
-    assert torch.equal(calls[1][0], shift_to_nominal(xrays, g, out.pose[0]))
+    assert len(calls) == 2
+    nominal = view_vectors(g, torch.float32)
+    torch.testing.assert_close(calls[0][1][0], nominal)
+    moved = pose_views(nominal.double(), out.pose[0].double()).float()
+    torch.testing.assert_close(calls[1][1][0], moved)
+    assert torch.equal(calls[1][0], xrays)  # the images are not resampled

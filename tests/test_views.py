@@ -146,3 +146,14 @@ def test_rescale_views_matches_rescale_geometry():
     a = rescale_views(view_vectors(g), g.detector_shape, (7, 8))
     b = view_vectors(rescale_geometry(g, (7, 8)))
     torch.testing.assert_close(a, b)
+
+
+def test_pose_views_of_a_geometry_equal_posed_view_vectors():
+    from x2ct.projector import pose_views, posed_view_vectors
+
+    g = _geometry(detector_offset=(1.0, 2.0))
+    pose = torch.tensor([[2.5, -3.0, 1.5], [-1.0, 4.0, -2.0]], dtype=torch.float64)
+    torch.testing.assert_close(pose_views(view_vectors(g), pose), posed_view_vectors(g, pose))
+    pose.requires_grad_(True)
+    pose_views(view_vectors(g), pose).sum().backward()
+    assert pose.grad is not None and bool(torch.isfinite(pose.grad).all())
