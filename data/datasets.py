@@ -29,10 +29,18 @@ import torch
 from torch.utils.data import Dataset
 
 from x2ct.data.augment import XrayAugment, augment_generator
+from x2ct.data.cases import PlacementRange
 from x2ct.data.io import atomic_path
 from x2ct.data.phantom import REGIONS, phantom_id, spine_phantom
-from x2ct.data.transforms import HU_WINDOW, hu_to_unit, preprocess, unit_to_hu
-from x2ct.projector import DRR_SCALE, Geometry, hu_to_mu, project, project_posed
+from x2ct.data.transforms import HU_WINDOW, hu_to_unit, unit_to_hu
+from x2ct.projector import (
+    DRR_SCALE,
+    AcquisitionRange,
+    Geometry,
+    hu_to_mu,
+    project,
+    project_posed,
+)
 
 __all__ = [
     "CACHE_ENV",
@@ -52,7 +60,7 @@ __all__ = [
 SPLITS = ("train", "val", "test")
 CACHE_ENV = "X2CT_CACHE_DIR"
 """Environment variable naming the cache folder (default ``~/.cache/x2ct``)."""
-CACHE_VERSION = 1  # bump when the cached content changes meaning
+CACHE_VERSION = 2  # bump when the cached content changes meaning (2: whole-body cases)
 
 _MASK_SUFFIXES = ("_seg-vert_msk", "_seg-subreg_msk", "_seg", "_msk", "_mask", "_label", "_labels")
 
@@ -178,24 +186,85 @@ class _Base(Dataset):
         workers, call it before creating the epoch's iterator (not with persistent workers)."""
         self.epoch = int(epoch)
 
-    def _item(self, index: int, case_id: str, ct, drr, labels, spacing) -> dict:
+    def _item(self, index: int, case_id: str, ct, drr, labels, spacing, views=None,
+              drr_field=None) -> dict:
+        xrays = drr / self.xray_scale
         if self.augment is not None:
             g = augment_generator(self.augment_seed, index, self.epoch)
-            geometry = self.augment.geometry(self.geometry, g)
-            if geometry is not self.geometry:
-                drr = ct_to_drr(ct, geometry, spacing, self.window)
-            xrays = self.augment.intensity(drr / self.xray_scale, g)
-        else:
-            xrays = drr / self.xray_scale
+            if views is None:  # a field-only case: re-render along jittered angles
+                geometry = self.augment.geometry(self.geometry, g)
+                if geometry is not self.geometry:
+                    drr = ct_to_drr(ct, geometry, spacing, self.window)
+                    xrays = drr / self.xray_scale
+            xrays = self.augment.intensity(xrays, g)
         item = {
             "ct": ct,
             "xrays": xrays.float(),
+            "drr": drr.float(),
             "spacing": torch.tensor(spacing, dtype=torch.float32),
             "id": case_id,
         }
+        if views is not None:
+            item["views"] = views.float()
+            item["drr_field"] = drr_field.float()
         if labels is not None:
             item["labels"] = labels.long()
         return item
+
+
+class _CaseCache:
+    """Cases (x2ct.data.cases.Case) stored as safetensors under ``root``, keyed by a hash
+    of everything they are made from; an unreadable entry is rebuilt."""
+
+    def __init__(self, root: Path | None):
+        self.root = root
+
+    def get(self, name: str, key: dict, build) -> dict[str, torch.Tensor]:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file, save_file
+
+        if self.root is None:
+            return build()
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+        path = self.root / f"{name}-{digest}.safetensors"
+        if path.is_file():
+            try:
+                return load_file(path)
+            except (SafetensorError, OSError, ValueError):
+                pass  # unreadable entry: rebuild it
+        tensors = build()
+        with atomic_path(path, suffix=".safetensors") as tmp:
+            save_file(tensors, str(tmp), metadata={"name": name})
+        return tensors
+
+
+def _case_tensors(case, window) -> dict[str, torch.Tensor]:
+    out = {
+        "ct": hu_to_unit(case.hu, window)[None].float().contiguous(),
+        "drr": case.drr.float().contiguous(),
+        "drr_field": case.drr_field.float().contiguous(),
+        "views": case.views.double().contiguous(),
+        "placement": torch.tensor(
+            [*case.placement.centre, *np.asarray(case.placement.rotation).ravel()],
+            dtype=torch.float64,
+        ),
+    }
+    if case.labels is not None:
+        out["labels"] = case.labels[None].to(torch.int16).contiguous()
+    return out
+
+
+def case_code_version() -> str:
+    """A hash of the code that draws phantoms and makes cases: cached cases of an older
+    phantom or case pipeline are never reused."""
+    here = Path(__file__).resolve().parent
+    files = sorted(here.glob("phantom*/**/*.py")) + sorted(here.glob("phantom*.py"))
+    files += [here / "_shapes.py", here / "cases.py", here / "scene.py"]
+    h = hashlib.sha256()
+    for f in files:
+        if f.is_file():
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 # --- phantoms --------------------------------------------------------------------------------
@@ -212,28 +281,42 @@ def phantom_offset(seed: int, max_shift_mm: float) -> tuple[float, float, float]
 
 
 class PhantomDataset(_Base):
-    """Procedural spine phantoms (:func:`x2ct.data.phantom.spine_phantom`) made on the fly.
+    """Procedural spine phantoms (:func:`x2ct.data.phantom.spine_phantom`).
 
-    Case ``i`` is the phantom of seed ``seed + i`` with id ``phantom_{seed+i:04d}``
-    (as written by ``python -m x2ct.data.phantom``); with ``split`` only the ids hashed
-    into that split are kept (so ``len`` is about ``fraction * n``). Items are memoised in
-    an LRU of ``cache_size`` cases (per process; augmentation is applied after it).
+    Whole body (the default, ``whole_body=True``): each phantom is drawn at real size on a
+    grid that holds its torso (:func:`x2ct.data.cases.phantom_body`), the field is cut
+    around its spine and the X-rays are rendered through the whole body
+    (:func:`x2ct.data.cases.ct_case`, the path of a patient's CT), ``placements`` times
+    per phantom with the field placed at random (``placement``, a
+    :class:`~x2ct.data.cases.PlacementRange`; None: centred on the spine) and the views
+    drawn from ``acquisitions`` (an ``AcquisitionRange``; None: ``geometry``'s views).
+    Items then carry ``views`` (V, 15), the acquisition's view vectors. Cases are cached
+    on disk under ``cache_dir`` (default ``<default_cache_dir()>/phantoms``; False: no
+    disk cache), keyed by the phantom and case code, so a changed phantom is redrawn.
+
+    Field only (``whole_body=False``): the phantom is drawn on the field's grid and the
+    X-rays are the DRRs of that grid (``xrays == project(ct) / xray_scale``), placed off
+    centre by ``max_shift_mm`` (:func:`phantom_offset`). Fast; what autoencoders train on.
+
+    Case ``i`` is seed ``seed + i // placements`` (id ``phantom_{seed:04d}``, with ``_k``
+    for its k-th placement when ``placements`` > 1); with ``split`` only the phantoms
+    hashed into that split are kept. Items are also memoised in an LRU of ``cache_size``.
 
     Args:
         n: number of phantoms before the split.
         seed: seed of the first phantom.
-        shape, spacing: volume size (voxels) and voxel size (mm).
-        geometry: the views; default :func:`default_geometry`.
-        region: ``"lumbar"`` or ``"thoracic"``.
+        shape, spacing: the field's size (voxels) and voxel size (mm).
+        geometry: the nominal views; default :func:`default_geometry`.
+        region: ``"lumbar"`` or ``"thoracic"`` (or a sequence, assigned to seeds in turn:
+            seed s gets ``regions[s % len(regions)]``).
         xray_scale: divisor of the DRRs (default ``DRR_SCALE``).
         augment: False, True (:class:`XrayAugment` defaults) or an :class:`XrayAugment`.
-        split: ``"train"``, ``"val"``, ``"test"`` or None (all).
-        split_fractions, split_seed: see :func:`split_ids`.
+        split, split_fractions, split_seed: see :func:`split_ids`.
         window: HU window mapped to [-1, 1].
-        cache_size: cases memoised (0: none).
-        max_shift_mm: each phantom's anatomy sits off the volume's centre by an offset
-            drawn uniformly in [-max_shift_mm, max_shift_mm] mm per axis, fixed by its seed
-            (:func:`phantom_offset`; patients are never placed alike). 0: all centred alike.
+        cache_size: cases memoised in memory (0: none).
+        max_shift_mm: field-only phantoms: anatomy offset range (mm per axis).
+        whole_body, placement, acquisitions, placements, options, cache_dir: see above;
+            ``options`` is passed to the phantom (its feature switches).
     """
 
     def __init__(
@@ -243,7 +326,7 @@ class PhantomDataset(_Base):
         shape: Sequence[int] = (64, 64, 64),
         spacing: Sequence[float] = (2.0, 2.0, 2.0),
         geometry: Geometry | None = None,
-        region: str = "lumbar",
+        region: str | Sequence[str] = "lumbar",
         xray_scale: float = DRR_SCALE,
         augment: bool | XrayAugment = False,
         split: str | None = None,
@@ -252,40 +335,116 @@ class PhantomDataset(_Base):
         window: Sequence[float] = HU_WINDOW,
         cache_size: int = 64,
         max_shift_mm: float = 0.0,
+        whole_body: bool = True,
+        placement: PlacementRange | None = None,
+        acquisitions: AcquisitionRange | None = None,
+        placements: int = 1,
+        options=None,
+        cache_dir: str | os.PathLike | bool | None = None,
     ):
         if int(n) < 0:
             raise ValueError(f"n must be non-negative, got {n}")
         if not (math.isfinite(max_shift_mm) and max_shift_mm >= 0):
             raise ValueError(f"max_shift_mm must be >= 0 mm, got {max_shift_mm}")
+        if int(placements) < 1:
+            raise ValueError(f"placements must be >= 1, got {placements}")
         self.max_shift_mm = float(max_shift_mm)
-        if region not in REGIONS:
-            raise ValueError(f"region must be one of {REGIONS}, got {region!r}")
+        self.regions = (region,) if isinstance(region, str) else tuple(region)
+        for r in self.regions:
+            if r not in REGIONS:
+                raise ValueError(f"region must be one of {REGIONS}, got {r!r}")
+        self.region = self.regions[0]
         self.shape = tuple(int(s) for s in shape)
         self.spacing = tuple(float(s) for s in spacing)
         geometry = default_geometry(self.shape, self.spacing) if geometry is None else geometry
         super().__init__(geometry, xray_scale, augment, window, seed)
-        self.region = region
+        self.whole_body = bool(whole_body)
+        self.placement = placement
+        self.acquisitions = acquisitions
+        self.placements = int(placements)
+        self.options = options
         seeds = [int(seed) + i for i in range(int(n))]
         keep = _select([phantom_id(s) for s in seeds], split, split_fractions, split_seed)
         self.seeds = [seeds[i] for i in keep]
-        self.ids = [phantom_id(s) for s in self.seeds]
+        self.ids = [
+            phantom_id(s) + (f"_{k}" if self.placements > 1 else "")
+            for s in self.seeds
+            for k in range(self.placements)
+        ]
         self.cache_size = int(cache_size)
-        self._cache: OrderedDict[int, tuple] = OrderedDict()
+        self._cache: OrderedDict[int, dict] = OrderedDict()
+        if cache_dir is False or not self.whole_body:
+            self._disk = _CaseCache(None)
+        else:
+            root = default_cache_dir() if cache_dir in (None, True) else Path(cache_dir)
+            self._disk = _CaseCache(Path(root).expanduser() / "phantoms")
 
     def __len__(self) -> int:
-        return len(self.seeds)
+        return len(self.ids)
 
-    def _case(self, index: int) -> tuple:
+    def region_of(self, seed: int) -> str:
+        return self.regions[seed % len(self.regions)]
+
+    def _build(self, seed: int) -> list[dict[str, torch.Tensor]]:
+        """Every placement of phantom ``seed`` (one drawing of its body)."""
+        from x2ct.data.cases import ct_case, locate, phantom_body
+
+        body, labels = phantom_body(seed, self.region_of(seed), self.spacing, self.shape,
+                                    self.options)
+        spine = locate(body.hu, body.spacing, labels)
+        out = []
+        for k in range(self.placements):
+            rng = np.random.default_rng([int(seed), int(k), 0x91ACE])
+            placement = None
+            if self.placement is not None:
+                placement = self.placement.draw(spine.centre, rng)
+            acquisition = None
+            if self.acquisitions is not None:
+                g = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+                acquisition = self.acquisitions.sample(self.geometry, g)
+            case = ct_case(body, self.shape, self.spacing, self.geometry, mask=labels,
+                           placement=placement, acquisition=acquisition, spine=spine,
+                           case_id=phantom_id(seed))
+            out.append(_case_tensors(case, self.window))
+        return out
+
+    def _case(self, index: int) -> dict:
         if index in self._cache:
             self._cache.move_to_end(index)
             return self._cache[index]
-        seed = self.seeds[index]
-        offset = phantom_offset(seed, self.max_shift_mm)
-        ph = spine_phantom(self.shape, self.spacing, seed=seed, region=self.region,
-                           offset_mm=offset)
-        ct = hu_to_unit(torch.from_numpy(ph.hu), self.window)[None]  # (1, X, Y, Z)
-        drr = ct_to_drr(ct, self.geometry, self.spacing, self.window)  # (V, H, W)
-        case = (ct, drr, torch.from_numpy(ph.labels)[None])
+        seed, k = self.seeds[index // self.placements], index % self.placements
+        if self.whole_body:
+            key = {
+                "version": case_code_version(), "seed": seed, "k": k,
+                "region": self.region_of(seed), "shape": self.shape, "spacing": self.spacing,
+                "geometry": self.geometry.to_dict(), "window": self.window,
+                "placement": None if self.placement is None else self.placement.to_dict(),
+                "acquisitions": None if self.acquisitions is None
+                else self.acquisitions.to_dict(),
+                "options": repr(self.options),
+            }
+            built: list = []
+
+            def build(k=k):
+                if not built:
+                    built.extend(self._build(seed))
+                return built[k]
+
+            case = self._disk.get(self.ids[index], key, build)
+            for j in range(self.placements):  # store the seed's other placements too
+                if built and j != k:
+                    self._disk.get(phantom_id(seed) + f"_{j}", {**key, "k": j},
+                                   lambda j=j: built[j])
+        else:
+            offset = phantom_offset(seed, self.max_shift_mm)
+            ph = spine_phantom(self.shape, self.spacing, seed=seed, region=self.region_of(seed),
+                               offset_mm=offset)
+            ct = hu_to_unit(torch.from_numpy(ph.hu), self.window)[None]  # (1, X, Y, Z)
+            case = {
+                "ct": ct,
+                "drr": ct_to_drr(ct, self.geometry, self.spacing, self.window),
+                "labels": torch.from_numpy(ph.labels)[None],
+            }
         if self.cache_size > 0:
             self._cache[index] = case
             while len(self._cache) > self.cache_size:
@@ -296,8 +455,9 @@ class PhantomDataset(_Base):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} phantoms")
         index %= len(self)
-        ct, drr, labels = self._case(index)
-        return self._item(index, self.ids[index], ct, drr, labels, self.spacing)
+        c = self._case(index)
+        return self._item(index, self.ids[index], c["ct"], c["drr"], c.get("labels"),
+                          self.spacing, c.get("views"), c.get("drr_field"))
 
 
 # --- folders of CTs --------------------------------------------------------------------------
@@ -404,32 +564,35 @@ def default_cache_dir() -> Path:
 
 class CTFolderDataset(_Base):
     """CT volumes of a folder (VerSe, CTSpine1K or plain NIfTI, :func:`find_ct_cases`),
-    preprocessed once (:func:`x2ct.data.transforms.preprocess`: RAS, antialiased
-    resampling to ``spacing``, crop or pad to ``shape`` around the spine, HU window to
-    [-1, 1]) and projected once, then served from a disk cache.
+    each made into cases once by :func:`x2ct.data.cases.ct_case` (the field around its
+    spine, X-rays through the whole CT: the path of ``reconstruct.py --ct``) and served
+    from a disk cache.
 
-    Cache: ``<cache_dir>/ctfolder/<id>-<key>.safetensors`` holding ``ct`` (1, X, Y, Z)
-    float32, ``drr`` (V, H, W) float32 raw line integrals and ``labels`` (1, X, Y, Z) int16
-    when there is a mask; ``key`` hashes the volume's and mask's resolved paths, sizes and
-    mtimes, the spacing, shape, window, antialiasing, geometry and a format version, so an
-    edited file or a new setting makes a new entry. Written atomically; a cache entry that
-    cannot be read is rebuilt. Entries are built on first access, or all at once with
-    :meth:`prepare`. ``cache_dir`` may not lie inside ``root``.
+    ``placements`` cases per CT: with ``placement`` (a PlacementRange) each field is
+    placed at random around the located spine (the first centred on it otherwise), with
+    ``acquisitions`` each case's views are drawn from that range.
+
+    Cache: ``<cache_dir>/ctfolder/<id>_<k>-<key>.safetensors`` holding ``ct`` (1, X, Y, Z)
+    in [-1, 1], ``drr`` and ``drr_field`` (V, H, W) line integrals, ``views`` (V, 15),
+    ``placement`` and ``labels`` (1, X, Y, Z) int16 when there is a mask; ``key`` hashes
+    the volume's and mask's resolved paths, sizes and mtimes, every setting and the case
+    code's version, so an edited file or a new setting makes a new entry. Written
+    atomically; an unreadable entry is rebuilt. ``cache_dir`` may not lie inside ``root``.
 
     Args:
         root: the data folder.
-        spacing, shape: model voxel size (mm) and volume size (voxels).
-        geometry: the views; default :func:`default_geometry`.
+        spacing, shape: model voxel size (mm) and field size (voxels).
+        geometry: the nominal views; default :func:`default_geometry`.
         cache_dir: cache folder; default :func:`default_cache_dir`.
         split, split_fractions, split_seed: see :func:`split_ids` (on case ids).
         window: HU window mapped to [-1, 1].
         xray_scale: divisor of the DRRs (default ``DRR_SCALE``).
         augment: False, True or an :class:`XrayAugment`.
-        antialias: Gaussian smoothing before downsampling.
         with_labels: include ``labels`` when a mask exists (None or True) or never (False).
             A folder mixing cases with and without masks gives items with different keys;
             pass False to batch them together.
-        seed: augmentation seed.
+        placement, acquisitions, placements: see above.
+        seed: augmentation and placement seed.
     """
 
     def __init__(
@@ -445,22 +608,33 @@ class CTFolderDataset(_Base):
         window: Sequence[float] = HU_WINDOW,
         xray_scale: float = DRR_SCALE,
         augment: bool | XrayAugment = False,
-        antialias: bool = True,
         with_labels: bool | None = None,
         seed: int = 0,
+        placement: PlacementRange | None = None,
+        acquisitions: AcquisitionRange | None = None,
+        placements: int = 1,
     ):
         self.root = Path(root)
         self.shape = tuple(int(s) for s in shape)
         self.spacing = tuple(float(s) for s in spacing)
         if len(self.shape) != 3 or len(self.spacing) != 3:
             raise ValueError(f"shape and spacing need three entries, got {shape}, {spacing}")
+        if int(placements) < 1:
+            raise ValueError(f"placements must be >= 1, got {placements}")
         geometry = default_geometry(self.shape, self.spacing) if geometry is None else geometry
         super().__init__(geometry, xray_scale, augment, window, seed)
         cases = find_ct_cases(self.root)
         keep = _select([c.id for c in cases], split, split_fractions, split_seed)
         self.cases = [cases[i] for i in keep]
-        self.ids = [c.id for c in self.cases]
-        self.antialias = bool(antialias)
+        self.placement = placement
+        self.acquisitions = acquisitions
+        self.placements = int(placements)
+        self.seed = int(seed)
+        self.ids = [
+            c.id + (f"_{k}" if self.placements > 1 else "")
+            for c in self.cases
+            for k in range(self.placements)
+        ]
         self.with_labels = with_labels is not False
         cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         root_r, cache_r = self.root.resolve(), cache.resolve()
@@ -470,73 +644,84 @@ class CTFolderDataset(_Base):
                 "choose a folder outside it"
             )
         self.cache_dir = cache / "ctfolder"
-        self._pipeline = None
+        self._disk = _CaseCache(self.cache_dir)
 
     def __len__(self) -> int:
-        return len(self.cases)
+        return len(self.ids)
 
-    def _key(self, case: CTCase) -> str:
+    def _key(self, case: CTCase, k: int) -> dict:
         def stat(p: Path | None):
             if p is None:
                 return None
-            s = p.stat()
-            return [str(p.resolve()), s.st_size, s.st_mtime_ns]
+            st = p.stat()
+            return [str(p.resolve()), st.st_size, st.st_mtime_ns]
 
-        params = {
-            "version": CACHE_VERSION,
+        return {
+            "version": [CACHE_VERSION, case_code_version()],
             "image": stat(case.image),
             "label": stat(case.label),
             "spacing": self.spacing,
             "shape": self.shape,
             "window": self.window,
-            "antialias": self.antialias,
             "geometry": self.geometry.to_dict(),
+            "k": k,
+            "seed": self.seed,
+            "placement": None if self.placement is None else self.placement.to_dict(),
+            "acquisitions": None if self.acquisitions is None else self.acquisitions.to_dict(),
         }
-        return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:20]
 
-    def cache_path(self, index: int) -> Path:
-        """The cache file of case ``index`` for the current settings."""
-        case = self.cases[index]
-        safe = case.id.replace("/", "__")
-        return self.cache_dir / f"{safe}-{self._key(case)}.safetensors"
+    def _build(self, case: CTCase) -> list[dict[str, torch.Tensor]]:
+        """Every placement of one CT (loaded and located once)."""
+        from x2ct.data.cases import ct_case, locate
+        from x2ct.data.io import load_ct
 
-    def _build(self, case: CTCase) -> dict[str, torch.Tensor]:
-        if self._pipeline is None:
-            self._pipeline = preprocess(
-                self.spacing, self.shape, self.window, antialias=self.antialias
-            )
-        d = self._pipeline(
-            {"image": str(case.image), "label": str(case.label) if case.label else None}
-        )
-        ct = d["image"].as_tensor().float().contiguous()  # (1, X, Y, Z)
-        out = {
-            "ct": ct,
-            "drr": ct_to_drr(ct, self.geometry, self.spacing, self.window).contiguous(),
-        }
-        if "label" in d:
-            out["labels"] = d["label"].as_tensor().round().to(torch.int16).contiguous()
+        ct = load_ct(case.image)
+        mask = None
+        if case.label is not None:
+            mask = np.asarray(load_ct(case.label).hu).round().astype(np.int16)
+        spine = locate(ct.hu, ct.spacing, mask)
+        out = []
+        for k in range(self.placements):
+            digest = hashlib.sha256(f"{self.seed}:{case.id}:{k}".encode()).digest()
+            rng = np.random.default_rng(list(digest[:8]))
+            placement = None
+            if self.placement is not None:
+                placement = self.placement.draw(spine.centre, rng)
+            acquisition = None
+            if self.acquisitions is not None:
+                g = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+                acquisition = self.acquisitions.sample(self.geometry, g)
+            c = ct_case(ct, self.shape, self.spacing, self.geometry, mask=mask,
+                        placement=placement, acquisition=acquisition, spine=spine,
+                        case_id=case.id, window=self.window)
+            c.info["source"] = str(case.image)
+            out.append(_case_tensors(c, self.window))
         return out
 
-    def _load(self, index: int) -> dict[str, torch.Tensor]:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file, save_file
+    def cache_path(self, index: int) -> Path:
+        """The cache file of item ``index`` for the current settings."""
+        case, k = self.cases[index // self.placements], index % self.placements
+        key = self._key(case, k)
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+        return self.cache_dir / f"{self._name(case, k)}-{digest}.safetensors"
 
-        path = self.cache_path(index)
-        if path.is_file():
-            try:
-                return load_file(path)
-            except (SafetensorError, OSError, ValueError):
-                pass  # unreadable entry: rebuild it
-        case = self.cases[index]
-        tensors = self._build(case)
-        meta = {
-            "id": case.id,
-            "image": str(case.image),
-            "label": str(case.label or ""),
-            "spacing": json.dumps(self.spacing),
-        }
-        with atomic_path(path, suffix=".safetensors") as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
+    @staticmethod
+    def _name(case: CTCase, k: int) -> str:
+        return f"{case.id.replace('/', '__')}_{k}"
+
+    def _load(self, index: int) -> dict[str, torch.Tensor]:
+        case, k = self.cases[index // self.placements], index % self.placements
+        built: list = []
+
+        def build(j):
+            if not built:
+                built.extend(self._build(case))
+            return built[j]
+
+        tensors = self._disk.get(self._name(case, k), self._key(case, k), lambda: build(k))
+        for j in range(self.placements):  # store the other placements made with it
+            if built and j != k:
+                self._disk.get(self._name(case, j), self._key(case, j), lambda j=j: built[j])
         return tensors
 
     def prepare(self, progress: bool = True) -> None:
@@ -552,4 +737,5 @@ class CTFolderDataset(_Base):
         index %= len(self)
         t = self._load(index)
         labels = t.get("labels") if self.with_labels else None
-        return self._item(index, self.ids[index], t["ct"], t["drr"], labels, self.spacing)
+        return self._item(index, self.ids[index], t["ct"], t["drr"], labels, self.spacing,
+                          t["views"], t["drr_field"])

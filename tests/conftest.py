@@ -10,3 +10,10 @@ import torch
 # x2ct.projector (-> x2ct.kernels) does: so it must be set here, before collection.
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
+
+# Datasets cache cases under X2CT_CACHE_DIR (default ~/.cache/x2ct): keep the test suite's
+# out of the user's cache, in one folder per session.
+if "X2CT_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["X2CT_CACHE_DIR"] = tempfile.mkdtemp(prefix="x2ct-test-cache-")

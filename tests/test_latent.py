@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from latent_helpers import (  # noqa: F401
@@ -15,9 +14,10 @@ from latent_helpers import (  # noqa: F401
     tiny_autoencoder,
     train_args,
 )
+from safetensors.torch import load_file
 
-from x2ct.data import spine_centre, spine_phantom
 from x2ct.diffusion import Reconstructor
+from x2ct.projector import AcquisitionRange
 from x2ct.train.checkpoint import find_latest_checkpoint
 from x2ct.train.latent import main
 
@@ -47,11 +47,18 @@ def test_training_writes_the_pipeline_and_resumes_exactly(tmp_path, autoencoder_
     assert set(metrics["val"]) == {"psnr", "ssim", "mae_hu", "projection_error"}
     recon = Reconstructor.from_pretrained(full / "model")
     assert recon.config.latent_size == (4, 4, 4) and recon.config.geometry_aware
-    # where the training CTs' spines were: reconstruct.py --ct puts a new CT's there
-    window = recon.autoencoder.config.hu_window
-    centres = [spine_centre(np.clip(spine_phantom(CT_SHAPE, SPACING, seed=s).hu, *window))
-               for s in range(4)]  # the four training phantoms (seeds 0-3, lumbar)
-    assert recon.config.spine_position == pytest.approx(tuple(np.mean(centres, 0)), abs=1e-4)
+    # the recipe's defaults: ranked X-ray input, the acquisitions it was trained on, fields
+    # centred on each case's spine (no fixed spine position)
+    assert recon.config.xray_input == "rank" and recon.config.spine_position is None
+    assert recon.config.acquisition_range == AcquisitionRange(
+        (450.0, 1500.0), (1.1, 1.9), 3.0
+    ).to_dict()
+    # 4 whole-body phantoms x 2 random placements and acquisitions each
+    cache = load_file(full / "latent_cache.safetensors")
+    assert cache["latents"].shape[0] == 8 and cache["views"].shape == (8, 2, 15)
+    assert len({tuple(v.flatten().tolist()) for v in cache["views"]}) == 8
+    # the X-rays cross the whole body: more attenuation than the field alone
+    assert bool((cache["drr"].mean((1, 2, 3)) > 1.2 * cache["drr_field"].mean((1, 2, 3))).all())
     assert (full / "model" / "autoencoder" / "model.safetensors").is_file()
     out = recon(torch.rand(1, 2, *recon.config.xray_shape), steps=2)
     assert out.hu.shape == (1, 1, 16, 16, 16)

@@ -45,7 +45,15 @@ from torch.utils.data import ConcatDataset, Dataset
 from tqdm.auto import tqdm
 
 from x2ct.autoencoder import CTAutoencoder
-from x2ct.data import PhantomDataset, default_geometry, spine_centre, unit_to_hu
+from x2ct.data import (
+    CTFolderDataset,
+    PhantomDataset,
+    default_geometry,
+    spine_centre,
+    unit_to_hu,
+)
+from x2ct.data.cases import PlacementRange
+from x2ct.data.datasets import case_code_version
 from x2ct.diffusion import (
     LATENT_DIFFUSION_CONFIGS,
     DiffusionLoss,
@@ -56,14 +64,16 @@ from x2ct.diffusion import (
     get_config,
 )
 from x2ct.diffusion.config import OBJECTIVES
+from x2ct.diffusion.xray_input import XRAY_INPUTS
 from x2ct.eval.figures import reconstruction_figure, save_figure
 from x2ct.eval.memory import peak_memory_mb
-from x2ct.eval.metrics import ct_metrics, projection_error
+from x2ct.eval.metrics import ct_metrics
 from x2ct.fileio import atomic_path
-from x2ct.projector import DRR_SCALE
+from x2ct.projector import DRR_SCALE, AcquisitionRange
 from x2ct.train.checkpoint import resume_latest
 from x2ct.train.ema import EMA
 from x2ct.train.loop import (
+    VAL_SEED_OFFSET,
     add_optimisation_args,
     add_run_args,
     add_terms,
@@ -72,7 +82,6 @@ from x2ct.train.loop import (
     end_of_step,
     run_accelerator,
     save_last_checkpoint,
-    val_seeds,
     weights_checksum,
     write_checksums,
 )
@@ -96,7 +105,7 @@ RESUMABLE = {
 }
 # Flags added after runs were started: a run folder whose args.json lacks one ran with
 # this value, so resuming it with today's default is the same run.
-ADDED_FLAGS = {"objective": "diffusion", "max_shift_mm": 0.0}
+ADDED_FLAGS = {"objective": "diffusion"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -143,22 +152,72 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="frozen autoencoder folder (CTAutoencoder.save_pretrained)",
     )
     p.add_argument("--run-dir", default="runs/latent")
-    p.add_argument("--n-train", type=int, default=32, help="training phantoms")
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="MODEL",
+        help="start from this trained model's weights (a folder with config.json and "
+        "model.safetensors, e.g. models/ldm-tiny) instead of random ones: fine-tuning. Its "
+        "architecture must match --config/--set; a resumed run ignores it",
+    )
+    p.add_argument("--n-train", type=int, default=16, help="training phantoms")
     p.add_argument("--n-val", type=int, default=4, help="validation phantoms")
-    p.add_argument("--shape", type=int, nargs=3, default=(64, 64, 64), help="phantom voxels")
+    p.add_argument(
+        "--data",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="CT folders to train on as well (VerSe, CTSpine1K or plain NIfTI; their "
+        "'train' split by hashed case id, as train/autoencoder.py --data); vertebra masks, "
+        "when present, locate the spine",
+    )
+    p.add_argument("--shape", type=int, nargs=3, default=(64, 64, 64), help="field voxels")
     p.add_argument(
         "--regions",
         nargs="+",
-        default=["lumbar"],
+        default=["lumbar", "thoracic"],
         help="phantom regions, assigned to seeds in turn (seed %% len), as train/autoencoder.py",
     )
     p.add_argument(
-        "--max-shift-mm",
+        "--placements",
+        type=int,
+        default=2,
+        help="fields per phantom or CT, each placed at random around its spine",
+    )
+    p.add_argument(
+        "--placement",
         type=float,
-        default=0.0,
-        help="place each phantom's anatomy off centre by up to this many mm per axis (fixed "
-        "per seed, x2ct.data.phantom_offset), so the model reads the position from the "
-        "X-rays instead of learning one (default 0: all alike)",
+        nargs=3,
+        default=(20.0, 10.0, 5.0),
+        metavar=("SHIFT_MM", "TURN_DEG", "TILT_DEG"),
+        help="placement of the field around the spine: shifts up to SHIFT_MM per axis, "
+        "turns up to TURN_DEG about the body axis, tilts up to TILT_DEG (0 0 0: centred)",
+    )
+    p.add_argument(
+        "--sad-range",
+        type=float,
+        nargs=2,
+        default=(450.0, 1500.0),
+        metavar=("LOW", "HIGH"),
+        help="source-to-isocentre distances (mm) drawn per view",
+    )
+    p.add_argument(
+        "--magnification-range",
+        type=float,
+        nargs=2,
+        default=(1.1, 1.9),
+        metavar=("LOW", "HIGH"),
+        help="source-to-detector over source-to-isocentre, drawn per view",
+    )
+    p.add_argument(
+        "--angle-jitter", type=float, default=3.0, help="degrees each view may turn"
+    )
+    p.add_argument(
+        "--xray-input",
+        choices=XRAY_INPUTS,
+        default="rank",
+        help="what the X-ray encoder sees: 'rank' (per-view pixel ranks: radiographs with "
+        "any display curve) or 'drr' (calibrated line integrals only)",
     )
     p.add_argument("--batch-size", type=int, default=8)
     add_optimisation_args(p, lr=3e-4, schedule="constant", ema_decay=0.999)
@@ -172,8 +231,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--val-steps", type=int, default=25, help="DDIM steps of validation samples")
     args = p.parse_args(argv)
-    if not args.max_shift_mm >= 0:
-        p.error(f"--max-shift-mm must be >= 0, got {args.max_shift_mm}")
+    if args.n_train < 0 or args.n_val < 0 or args.placements < 1:
+        p.error("--n-train and --n-val must be >= 0 and --placements >= 1")
+    if args.n_train == 0 and not args.data:
+        p.error("nothing to train on: --n-train 0 and no --data")
+    try:
+        placement_range(args)
+        acquisition_range(args)
+    except ValueError as e:
+        p.error(str(e))
     if args.max_minutes is not None and args.max_minutes <= 0:
         args.max_minutes = None
     return args
@@ -191,6 +257,7 @@ def config_overrides(args) -> dict:
         except json.JSONDecodeError:
             out[key] = value  # a bare string, e.g. prediction_type=epsilon
     out["objective"] = args.objective
+    out["xray_input"] = args.xray_input
     if args.no_geometry_aware:
         out["geometry_aware"] = False
     if args.projection_weight is not None:
@@ -219,29 +286,53 @@ def check_resume_args(run: RunDir, args: dict) -> None:
         )
 
 
-def phantoms(seeds: list[int], regions: list[str], **kw) -> Dataset | list:
-    """Phantom cases for ``seeds``; seed s is drawn in region ``regions[s % len(regions)]``."""
-    parts = [
-        PhantomDataset(1, seed=s, region=regions[s % len(regions)], cache_size=0, **kw)
-        for s in seeds
-    ]
-    return ConcatDataset(parts) if parts else []
+def placement_range(args) -> PlacementRange:
+    return PlacementRange(*args.placement)
+
+
+def acquisition_range(args) -> AcquisitionRange:
+    return AcquisitionRange(tuple(args.sad_range), tuple(args.magnification_range),
+                            args.angle_jitter)
+
+
+def training_sets(args, geometry, spacing, window) -> list[Dataset]:
+    """The training data: whole-body phantoms of ``--regions`` (``--placements`` random
+    fields each) and the 'train' split of each ``--data`` folder, every case through
+    x2ct.data.ct_case (X-rays through the whole body, random placement and acquisition)."""
+    common = dict(
+        shape=tuple(args.shape), spacing=spacing, geometry=geometry, window=window,
+        xray_scale=DRR_SCALE, placement=placement_range(args),
+        acquisitions=acquisition_range(args), placements=args.placements,
+    )
+    parts: list[Dataset] = []
+    if args.n_train > 0:
+        parts.append(PhantomDataset(args.n_train, seed=args.seed, region=args.regions,
+                                    cache_size=0, **common))
+    for root in args.data:
+        parts.append(CTFolderDataset(root, split="train", with_labels=False, **common))
+    return parts
 
 
 @torch.no_grad()
 def encode_dataset(dataset, autoencoder, device, desc: str, show: bool) -> dict[str, torch.Tensor]:
-    """Latents (N, C, x, y, z), X-rays (N, V, H, W) and spine centres (N, 3) (voxel bone
-    centroid, ``x2ct.data.spine_centre``) of every case."""
+    """Latents (N, C, x, y, z), line integrals ``drr`` through the whole body and
+    ``drr_field`` of the field alone (N, V, H, W), view vectors ``views`` (N, V, 15) and
+    spine centres (N, 3) (voxel bone centroid, ``x2ct.data.spine_centre``)
+    of every case."""
     window = autoencoder.config.hu_window
-    latents, xrays, centres = [], [], []
+    latents, drrs, fields, views, centres = [], [], [], [], []
     for i in tqdm(range(len(dataset)), desc=desc, disable=not show, leave=False):
         item = dataset[i]
         latents.append(autoencoder.encode(item["ct"][None].to(device)).cpu())
-        xrays.append(item["xrays"][None])
+        drrs.append(item["drr"][None])
+        fields.append(item["drr_field"][None])
+        views.append(item["views"][None].double())
         centres.append(torch.from_numpy(spine_centre(unit_to_hu(item["ct"], window).numpy())))
     return {
         "latents": torch.cat(latents).contiguous(),
-        "xrays": torch.cat(xrays).contiguous(),
+        "drr": torch.cat(drrs).contiguous(),
+        "drr_field": torch.cat(fields).contiguous(),
+        "views": torch.cat(views).contiguous(),
         "spine_centres": torch.stack(centres).double(),
     }
 
@@ -268,21 +359,48 @@ def load_latent_cache(accelerator, path: Path, key: str, build) -> dict[str, tor
 
 @torch.no_grad()
 def validate(recon: Reconstructor, val: list[dict], steps: int, seed: int):
-    """Reconstruct the validation cases (DDIM, ``steps``); mean scores and the first
-    case's figure inputs."""
+    """Reconstruct the validation cases (DDIM, ``steps``, along each case's views); mean
+    scores and the first case's figure inputs."""
     window = recon.autoencoder.config.hu_window
     xrays = torch.stack([v["xrays"] for v in val])
-    out = recon(xrays, sampler="ddim", steps=steps, generator=torch.Generator().manual_seed(seed))
+    views = torch.stack([v["views"] for v in val]) if "views" in val[0] else None
+    out = recon(xrays, sampler="ddim", steps=steps, generator=torch.Generator().manual_seed(seed),
+                views=views)
     pred = out.hu.cpu()
     rows = []
     for i, v in enumerate(val):
         row = ct_metrics(pred[i], unit_to_hu(v["ct"], window), window)
-        row["projection_error"], _ = projection_error(
-            pred[i], v["xrays"], recon.geometry, recon.spacing, recon.config.xray_scale, window
-        )
+        drr = recon.simulate_xrays(pred[i][None], views=None if views is None else views[i])
+        # against the field's own DRRs: the X-rays hold the rest of the body too
+        reference = v["drr_field"] / recon.config.xray_scale
+        row["projection_error"] = float((drr[0] - reference).abs().mean())
         rows.append(row)
     first = (xrays[0], out.hu[0], unit_to_hu(val[0]["ct"], window))
     return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}, first
+
+
+def init_from(model: LatentDenoiser, directory: str) -> None:
+    """Load a trained model's denoiser weights (``--init-from``); its networks must have
+    the same shapes as ``model``'s (a checkpoint of this run, when there is one, is loaded
+    over them afterwards)."""
+    from x2ct.diffusion.pipeline import WEIGHTS_NAME, check_pipeline_dir
+
+    try:
+        folder = check_pipeline_dir(directory)
+    except FileNotFoundError as e:
+        raise SystemExit(f"--init-from: {e}") from e
+    state = load_file(str(folder / WEIGHTS_NAME))
+    mine = model.state_dict()
+    wrong = sorted(
+        k for k in set(mine) | set(state)
+        if k not in mine or k not in state or mine[k].shape != state[k].shape
+    )
+    if wrong:
+        raise SystemExit(
+            f"--init-from {directory}: its networks differ from this run's "
+            f"({len(wrong)} tensors, e.g. {wrong[:3]}); use the same --config and --set"
+        )
+    model.load_state_dict(state)
 
 
 def check_autoencoder(directory: str) -> None:
@@ -316,28 +434,28 @@ def main(argv=None) -> Path:
     autoencoder = CTAutoencoder.from_pretrained(args.autoencoder).to(device).requires_grad_(False)
     ae_config = autoencoder.config
 
-    # ---- data: phantoms at the autoencoder's spacing, X-rays in the datasets' geometry
+    # ---- data: whole-body phantoms (and CT folders) at the autoencoder's spacing, fields
+    # placed at random, X-rays through the whole body along random acquisitions
     geometry = default_geometry(args.shape, ae_config.spacing)
-    data_kw = dict(
-        shape=tuple(args.shape),
-        spacing=ae_config.spacing,
-        geometry=geometry,
-        window=ae_config.hu_window,
-        xray_scale=DRR_SCALE,
-        max_shift_mm=args.max_shift_mm,
-    )
-    train_seeds = list(range(args.seed, args.seed + args.n_train))
-    train_set = phantoms(train_seeds, args.regions, **data_kw)
-    val_set = phantoms(val_seeds(args.seed, args.n_val), args.regions, **data_kw)
+    train_sets = training_sets(args, geometry, ae_config.spacing, ae_config.hu_window)
+    train_set = ConcatDataset(train_sets)
+    val_set = PhantomDataset(
+        args.n_val, seed=VAL_SEED_OFFSET + args.seed, region=args.regions,
+        shape=tuple(args.shape), spacing=ae_config.spacing, geometry=geometry,
+        window=ae_config.hu_window, xray_scale=DRR_SCALE, cache_size=0,
+    )  # centred fields, nominal views: the headline condition
     cache_key = hashlib.sha256(
         json.dumps(
             {
                 "autoencoder": weights_checksum(autoencoder),
                 "ae_config": ae_config.to_dict(),
-                "seeds": train_seeds,
-                "regions": args.regions,
-                "data": {k: str(v) for k, v in data_kw.items()},
-                "cache_format": 2,  # 2: spine_centres added
+                "ids": [i for d in train_sets for i in d.ids],
+                "data": [str(a) for a in args.data],
+                "settings": [args.regions, args.placements, list(args.placement),
+                             list(args.sad_range), list(args.magnification_range),
+                             args.angle_jitter, list(args.shape)],
+                "cases": case_code_version(),
+                "cache_format": 3,  # 3: whole-body cases with views
             },
             sort_keys=True,
         ).encode()
@@ -347,10 +465,12 @@ def main(argv=None) -> Path:
         run.root / "latent_cache.safetensors",
         cache_key,
         lambda: encode_dataset(
-            train_set, autoencoder, device, "encoding phantoms", accelerator.is_local_main_process
+            train_set, autoencoder, device, "encoding training cases",
+            accelerator.is_local_main_process,
         ),
     )
-    latents, xrays = cache["latents"], cache["xrays"]
+    latents, drrs, case_views = cache["latents"], cache["drr"], cache["views"].float()
+    drr_fields = cache["drr_field"]
     val = [val_set[i] for i in range(len(val_set))]
     n_train = len(latents)
 
@@ -363,10 +483,12 @@ def main(argv=None) -> Path:
         downsample_factor=ae_config.downsample_factor,
         geometry=geometry.to_dict(),
         xray_scale=DRR_SCALE,
-        spine_position=tuple(cache["spine_centres"].mean(0).tolist()),
+        acquisition_range=acquisition_range(args).to_dict(),
         **config_overrides(args),
     )
     model = LatentDenoiser(config)
+    if args.init_from is not None:
+        init_from(model, args.init_from)
     ema = EMA(model, args.ema_decay)
     projection = ProjectionLoss(
         autoencoder,
@@ -390,7 +512,7 @@ def main(argv=None) -> Path:
     n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
     accelerator.print(
         f"latent diffusion '{args.config}': {n_params / 1e6:.2f} M parameters, latents "
-        f"{tuple(latents.shape[1:])}, X-rays {tuple(xrays.shape[1:])}, {n_train} training cases, "
+        f"{tuple(latents.shape[1:])}, X-rays {tuple(drrs.shape[1:])}, {n_train} training cases, "
         f"geometry-aware {config.geometry_aware}, projection loss {config.projection_weight}, "
         f"objective {config.objective}"
         + (f"; resumed from {resumed.name} at step {counter.step}" if resumed else "")
@@ -441,12 +563,15 @@ def main(argv=None) -> Path:
         for k in range(args.grad_accum):
             micro = step * args.grad_accum + k
             idx = batch_indices(n_train, args.batch_size, args.seed, micro, rank, world)
-            z0, xr = latents[idx].to(device), xrays[idx].to(device)
+            z0 = latents[idx].to(device)
+            views = case_views[idx].to(device)
+            xr = drrs[idx].to(device) / DRR_SCALE  # the network's input (ranked for "rank")
+            target = drr_fields[idx].to(device) / DRR_SCALE  # what the field alone projects to
             gen = make_generator(args.seed, micro, rank)
             torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))  # t, noise, drop
             with accelerator.accumulate(model):
                 with accelerator.autocast():
-                    terms = loss_fn(model, z0, xr)
+                    terms = loss_fn(model, z0, xr, views=views, drr=target)
                 loss = loss_fn.total(terms)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:

@@ -1,0 +1,312 @@
+"""One case, made the same way for every user path: a field around the spine and its X-rays.
+
+:func:`ct_case` is the one function that turns a patient CT into what a model is trained
+and scored on: ``eval/reconstruct.py --ct``, ``eval/evaluate.py`` (CT folders and phantoms)
+and the training datasets all call it, so a table in the README is what a user gets.
+
+    CT (NIfTI or CTImage, HU, RAS)
+      -> smoothed where finer than the model's voxels (antialias)
+      -> the whole body on the model's voxel size (for the X-rays)
+      -> the spine located (its label mask if given, else x2ct.data.localise)
+      -> a Placement of the field: centred on the spine, or moved (shift, turn, tilt)
+      -> target: the field resampled from the smoothed CT (one interpolation)
+      -> X-rays: the whole body rendered along the acquisition's views, placed
+
+:func:`phantom_case` draws a whole-body phantom (its torso at real size on a grid that
+holds it) and passes it through :func:`ct_case` with its labels. Training draws random
+placements (:class:`PlacementRange`) and acquisitions (``x2ct.projector.AcquisitionRange``)
+per case; evaluation uses the located spine, the nominal views and, for the rows of
+moved and turned patients, fixed offsets.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from x2ct.data.io import CTImage, centred_affine, load_ct
+from x2ct.data.scene import (
+    Placement,
+    antialias,
+    body_truncation,
+    field_affine,
+    random_placement,
+    render_drr,
+    sample_field,
+)
+from x2ct.data.transforms import HU_WINDOW
+from x2ct.projector import Geometry, hu_to_mu, project_views, stack_views, view_vectors
+
+__all__ = [
+    "BODY_SPINE_OFFSET_MM",
+    "Case",
+    "PlacementRange",
+    "SpinePoint",
+    "TRUNCATION_WARN",
+    "ct_case",
+    "locate",
+    "phantom_body",
+    "phantom_case",
+    "truncation_message",
+]
+
+TRUNCATION_WARN = 0.05
+"""Fraction of a CT's in-plane border inside the body above which its X-rays miss tissue
+(``Case.info["truncation"]``; :func:`truncation_message` says so)."""
+
+BODY_SPINE_OFFSET_MM = (0.0, -70.0, 0.0)
+"""Where a whole-body phantom's spine sits on its grid (mm from the grid's centre): the
+torso lies mostly anterior of the spine, so the grid is centred 70 mm in front of it."""
+
+
+@dataclass(frozen=True)
+class PlacementRange:
+    """How far a training field is moved from the located spine: uniform shifts within
+    +-``shift_mm`` per axis, turns within +-``turn_deg`` about the body axis, tilts within
+    +-``tilt_deg`` about X and Y (x2ct.data.scene.random_placement)."""
+
+    shift_mm: float = 20.0
+    turn_deg: float = 10.0
+    tilt_deg: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("shift_mm", "turn_deg", "tilt_deg"):
+            v = float(getattr(self, name))
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"PlacementRange.{name} must be >= 0, got {v}")
+
+    def draw(self, centre, generator: np.random.Generator) -> Placement:
+        return random_placement(centre, generator, self.shift_mm, self.turn_deg, self.tilt_deg)
+
+    def to_dict(self) -> dict:
+        return {"shift_mm": self.shift_mm, "turn_deg": self.turn_deg, "tilt_deg": self.tilt_deg}
+
+
+@dataclass(frozen=True)
+class SpinePoint:
+    """Where a CT's spine is: ``centre`` (3,) mm in the volume's centred frame, how it was
+    found ("mask" or "image") and how sure (``confidence`` in [0, 1])."""
+
+    centre: tuple[float, float, float]
+    method: str
+    confidence: float = 1.0
+
+
+@dataclass
+class Case:
+    """A field and its X-rays (everything a model trains or is scored on).
+
+    Attributes:
+        id: case id.
+        hu: (X, Y, Z) float32 HU of the field (not clipped).
+        labels: (X, Y, Z) int16 vertebra labels in the field, or None.
+        drr: (V, H, W) float32 line integrals through the whole body.
+        drr_field: (V, H, W) float32 line integrals of the field alone, its HU clipped to
+            the model's window (what a reconstruction of the field can reproduce: the
+            reference of projection losses and errors).
+        views: (V, 15) float64 view vectors of the acquisition in the field frame.
+        spacing: the field's voxel size, mm.
+        placement: where the field lies in the CT (its centred frame).
+        affine: (4, 4) field voxel -> the CT file's world mm (save the reconstruction with it).
+        info: how it was made (spine location, truncation, sizes), for reports.
+    """
+
+    id: str
+    hu: torch.Tensor
+    labels: torch.Tensor | None
+    drr: torch.Tensor
+    drr_field: torch.Tensor
+    views: torch.Tensor
+    spacing: tuple[float, float, float]
+    placement: Placement
+    affine: np.ndarray
+    info: dict = field(default_factory=dict)
+
+
+def locate(hu: np.ndarray, spacing: Sequence[float], mask: np.ndarray | None = None,
+           z_mm: float | None = None) -> SpinePoint:
+    """The spine's centre (mm, centred frame) of a CT (X, Y, Z) in HU: the centroid of the
+    vertebra labels when a mask with labels is given, else ``x2ct.data.localise``."""
+    spacing = np.asarray(spacing, dtype=np.float64)
+    shape = np.asarray(hu.shape, dtype=np.float64)
+    if mask is not None and np.any((mask > 0) & (mask < 100)):
+        vert = (mask > 0) & (mask < 100)  # VerSe vertebrae 1-28; discs (100) excluded
+        if z_mm is not None:
+            zi = z_mm / spacing[2] + (shape[2] - 1) / 2
+            lo, hi = int(max(zi - 20 / spacing[2], 0)), int(min(zi + 20 / spacing[2] + 1,
+                                                               shape[2]))
+            slab = np.zeros_like(vert)
+            slab[..., lo:hi] = vert[..., lo:hi]
+            vert = slab if slab.any() else vert
+        idx = np.array([i.mean() for i in np.nonzero(vert)])
+        centre = (idx - (shape - 1) / 2) * spacing
+        if z_mm is not None:
+            centre[2] = z_mm
+        return SpinePoint(tuple(float(c) for c in centre), "mask", 1.0)
+    from x2ct.data.localise import locate_spine
+
+    loc = locate_spine(np.asarray(hu), tuple(spacing), None, z_mm=z_mm)
+    return SpinePoint(tuple(float(c) for c in loc.centre), loc.method, float(loc.confidence))
+
+
+def _body_grid(hu: np.ndarray, spacing: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The (smoothed) CT resampled onto an axis-aligned grid of ``target`` voxels covering
+    the same extent, centred alike (the X-ray volume)."""
+    if np.allclose(spacing, target):
+        return np.asarray(hu, dtype=np.float32)
+    extent = np.asarray(hu.shape) * spacing
+    shape = tuple(int(max(2, round(e / t))) for e, t in zip(extent, target))
+    return sample_field(hu, tuple(spacing), Placement((0.0, 0.0, 0.0)), shape,
+                        tuple(target)).numpy()
+
+
+def ct_case(
+    ct: CTImage | str | os.PathLike,
+    shape: Sequence[int],
+    spacing: Sequence[float],
+    geometry: Geometry,
+    *,
+    mask: np.ndarray | str | os.PathLike | None = None,
+    placement: Placement | None = None,
+    shift_mm: Sequence[float] = (0.0, 0.0, 0.0),
+    turn_deg: float = 0.0,
+    tilt_deg: Sequence[float] = (0.0, 0.0),
+    z_mm: float | None = None,
+    acquisition: Sequence[Geometry] | None = None,
+    case_id: str | None = None,
+    spine: SpinePoint | None = None,
+    window: Sequence[float] = HU_WINDOW,
+) -> Case:
+    """The model's field of a CT and its X-rays through the whole CT.
+
+    Args:
+        ct: a CTImage (HU, RAS) or a NIfTI path (``load_ct``).
+        shape, spacing: the field's voxels and their size in mm (the model's).
+        geometry: the model's nominal views (its config's Geometry).
+        mask: vertebra labels of the same grid (array or NIfTI path): locates the spine
+            and is cut into the field as ``labels``.
+        placement: the field's placement in the CT's centred frame; default: centred on
+            the located spine, then moved by ``shift_mm`` (body frame), turned by
+            ``turn_deg`` about the body axis and tilted by ``tilt_deg`` (about X, Y).
+        z_mm: the height (mm, centred frame) to centre the field at; default the middle of
+            the column found.
+        acquisition: one single-view Geometry per view on the model's detector (other
+            distances and angles, ``AcquisitionRange.sample``); default ``geometry``.
+        spine: the spine's location if already known (skips locating it).
+        window: the model's HU window (for ``drr_field``).
+    """
+    source = None
+    if not isinstance(ct, CTImage):
+        source = str(ct)
+        ct = load_ct(ct)
+    if mask is not None and not isinstance(mask, np.ndarray):
+        mask = np.asarray(load_ct(mask).hu).round().astype(np.int16)
+    if mask is not None and mask.shape != ct.hu.shape:
+        raise ValueError(
+            f"the label mask has shape {mask.shape} but the CT {ct.hu.shape}"
+            + (f" ({source})" if source else "")
+        )
+    shape = tuple(int(n) for n in shape)
+    spacing = tuple(float(s) for s in spacing)
+    native = np.asarray(ct.spacing, dtype=np.float64)
+    hu = antialias(ct.hu, native, spacing)  # smoothed once; both products sample it
+    if spine is None:
+        spine = locate(hu, native, mask, z_mm)
+    if placement is None:
+        placement = Placement(spine.centre).moved(shift_mm, turn_deg, *tilt_deg)
+    target = sample_field(hu, tuple(native), placement, shape, spacing)
+    labels = None
+    if mask is not None:
+        labels = sample_field(mask.astype(np.float32), tuple(native), placement, shape, spacing,
+                              mode="nearest", fill=0.0).round().to(torch.int16)
+    body = _body_grid(hu, native, np.asarray(spacing))
+    if acquisition is None:
+        views = view_vectors(geometry)
+    else:
+        views = stack_views(acquisition)
+    drr = render_drr(body, spacing, placement, views, geometry.detector_shape, 0.5,
+                     geometry.parallel).float()
+    clipped = target.clamp(float(window[0]), float(window[1]))
+    drr_field = project_views(hu_to_mu(clipped)[None, None], views.float(),
+                              geometry.detector_shape, spacing, 0.5, geometry.parallel)[0]
+    truncation = body_truncation(ct.hu)
+    info = {
+        "source": source,
+        "spine": {"centre_mm": list(spine.centre), "method": spine.method,
+                  "confidence": spine.confidence},
+        "placement": placement.to_dict(),
+        "truncation": truncation,
+        "ct_shape": list(ct.hu.shape),
+        "ct_spacing": [float(s) for s in native],
+    }
+    affine = field_affine(ct.affine, ct.hu.shape, native, placement, shape, spacing)
+    return Case(
+        case_id or (source or "ct"), target, labels, drr, drr_field.float(), views.double(),
+        spacing, placement, affine, info,
+    )
+
+
+def truncation_message(case: Case) -> str | None:
+    """A sentence for the user when the CT did not hold the whole body, else None."""
+    t = case.info.get("truncation", 0.0)
+    if t <= TRUNCATION_WARN:
+        return None
+    return (
+        f"{case.info.get('source') or 'the CT'}: {100 * t:.0f}% of its in-plane border lies "
+        "in the body (cut at the skin, or a small reconstruction field): its X-rays are "
+        "rendered through what it holds and miss the tissue outside it, so they are fainter "
+        "than a radiograph of the patient"
+    )
+
+
+def phantom_body(
+    seed: int,
+    region: str,
+    spacing: Sequence[float],
+    field_shape: Sequence[int],
+    options=None,
+) -> tuple[CTImage, np.ndarray]:
+    """A whole-body phantom (CTImage with a centred affine, and its labels) on a grid that
+    holds the torso at real size and reaches far enough above and below the field for the
+    cone beam: 400 x 330 mm in-plane, the field's height plus 100 mm."""
+    from x2ct.data.phantom import spine_phantom
+
+    spacing = tuple(float(s) for s in spacing)
+    height = field_shape[2] * spacing[2] + 100.0
+    shape = (int(round(400 / spacing[0])), int(round(330 / spacing[1])),
+             int(round(height / spacing[2])))
+    kwargs = {} if options is None else {"options": options}
+    ph = spine_phantom(shape, spacing, seed=seed, region=region,
+                       offset_mm=BODY_SPINE_OFFSET_MM, **kwargs)
+    return CTImage(ph.hu, spacing, centred_affine(shape, spacing)), ph.labels
+
+
+def phantom_case(
+    seed: int,
+    region: str,
+    shape: Sequence[int],
+    spacing: Sequence[float],
+    geometry: Geometry,
+    *,
+    options=None,
+    use_labels: bool = True,
+    **kwargs,
+) -> Case:
+    """:func:`ct_case` of a whole-body phantom (:func:`phantom_body`); with
+    ``use_labels=False`` the spine is located in the image as for a patient's CT."""
+    from x2ct.data.phantom import phantom_id
+
+    body, labels = phantom_body(seed, region, spacing, shape, options)
+    case = ct_case(body, shape, spacing, geometry, mask=labels if use_labels else None,
+                   case_id=phantom_id(seed), **kwargs)
+    if not use_labels:  # score against the truth all the same
+        case.labels = sample_field(labels.astype(np.float32), tuple(spacing), case.placement,
+                                   shape, spacing, mode="nearest", fill=0.0
+                                   ).round().to(torch.int16)
+    return case
+
