@@ -8,11 +8,15 @@
   model's detector. A ``geometry.json`` beside the AP image (as ``python -m x2ct.projector``
   writes) or ``--geometry`` declares their geometry; one that is not the model's is
   refused unless ``--allow-geometry-mismatch``.
-- ``--ct``: a NIfTI CT, resampled to the model's spacing and cropped/padded to its shape
-  with the spine's bone centroid where the training CTs had theirs (the config's
-  ``spine_position``; ``x2ct.data.preprocess``); its X-rays are simulated with the model's
-  geometry and the reconstruction is scored against it (PSNR, SSIM over the HU window,
-  MAE in HU, projection error: ``x2ct.eval.metrics``).
+- ``--ct``: a NIfTI CT (a whole patient CT, any size and spacing). Made into a case as
+  evaluation and training make theirs (``x2ct.data.ct_case``): the spine is located
+  (``--mask`` labels, else ``x2ct.data.localise``), the model's field is cut around it
+  (moved by ``--shift/--turn/--tilt``, at height ``--z``), and its X-rays are rendered
+  through the whole CT along the model's views, as a radiograph sees the patient. The
+  reconstruction is scored against the field (PSNR, SSIM over the HU window, MAE in HU,
+  projection error against the field's own DRRs: ``x2ct.eval.metrics``) and saved with an
+  affine that puts it where the field lies in the CT. A CT cut at the skin or
+  reconstructed on a small field gives X-rays through what it holds: a warning says so.
 
 Options:
 
@@ -52,8 +56,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from x2ct.data.cases import truncation_message
 from x2ct.eval.figures import reconstruction_figure, save_figure
-from x2ct.eval.metrics import ct_metrics, projection_error
+from x2ct.eval.metrics import ct_metrics
 from x2ct.fileio import atomic_path
 
 
@@ -74,18 +79,26 @@ def load_xray_pair(ap: str | os.PathLike, lateral: str | os.PathLike, shape) -> 
     return torch.from_numpy(np.stack(views))[None]
 
 
-def prepare_ct(path: str | os.PathLike, spacing, shape, window, spine_position=None
-               ) -> torch.Tensor:
-    """A NIfTI CT as HU (1, 1, X, Y, Z) at ``spacing``, cropped/padded to ``shape`` with
-    its spine's bone centroid on voxel ``spine_position`` (a model's config: where its
-    training CTs had theirs; None: the middle), HU clipped to ``window`` (what training
-    sees)."""
-    from x2ct.data import hu_to_unit, preprocess, unit_to_hu
+def ct_inputs(path, config: dict, ae_config: dict, args) -> tuple:
+    """The ``--ct`` case, made exactly as evaluation and training make theirs
+    (``x2ct.data.ct_case``): the field around the located spine (moved by ``--shift``,
+    ``--turn``, ``--tilt``, at height ``--z``), X-rays through the whole CT along the
+    model's views. Returns (case, truth HU (1, 1, X, Y, Z) clipped to the window, X-rays
+    (1, V, H, W) normalised, the field's own DRRs (1, V, H, W) normalised)."""
+    from x2ct.data import ct_case
+    from x2ct.projector import DRR_SCALE, Geometry
 
-    pipeline = preprocess(spacing, shape, window, normalise=False, spine_position=spine_position)
-    d = pipeline({"image": str(path), "label": None})
-    hu = torch.as_tensor(np.asarray(d["image"]), dtype=torch.float32)  # (1, X, Y, Z)
-    return unit_to_hu(hu_to_unit(hu, window), window)[None]
+    spacing = tuple(ae_config["spacing"])
+    window = tuple(ae_config["hu_window"])
+    shape = tuple(n * config["downsample_factor"] for n in config["latent_size"])
+    scale = float(config.get("xray_scale", DRR_SCALE))
+    case = ct_case(
+        path, shape, spacing, Geometry.from_dict(config["geometry"]), mask=args.mask,
+        shift_mm=tuple(args.shift), turn_deg=args.turn, tilt_deg=tuple(args.tilt),
+        z_mm=args.z, window=window,
+    )
+    truth = case.hu.clamp(*window)[None, None]
+    return case, truth, case.drr[None] / scale, case.drr_field[None] / scale
 
 
 # --------------------------------------------------------------------------- options
@@ -144,6 +157,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     src.add_argument("--ct", help="NIfTI CT: simulate its X-rays, reconstruct and score")
     src.add_argument("--ap", help="AP X-ray image (with --lateral)")
     p.add_argument("--lateral", help="lateral X-ray image (with --ap)")
+    p.add_argument("--mask", help="--ct: its vertebra label mask (NIfTI); locates the spine and "
+                   "scores per vertebra")
+    p.add_argument("--shift", type=float, nargs=3, default=(0.0, 0.0, 0.0),
+                   metavar=("X", "Y", "Z"),
+                   help="--ct: move the field from the located spine by these mm (RAS)")
+    p.add_argument("--turn", type=float, default=0.0,
+                   help="--ct: turn the field about the body axis by this many degrees")
+    p.add_argument("--tilt", type=float, nargs=2, default=(0.0, 0.0), metavar=("X", "Y"),
+                   help="--ct: tilt the field about the X and Y axes (degrees)")
+    p.add_argument("--z", type=float, default=None,
+                   help="--ct: height (mm, the CT's centred frame) of the field's centre; "
+                   "default the middle of the spine found")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
         "--geometry",
@@ -211,10 +236,8 @@ def main(argv=None) -> dict:
     except (FileNotFoundError, json.JSONDecodeError) as e:
         raise SystemExit(f"error: {e}") from e
     det = tuple(config["geometry"]["detector_shape"])
-    spacing = tuple(ae_config["spacing"])
-    ct_shape = tuple(n * config["downsample_factor"] for n in config["latent_size"])
     window = tuple(ae_config["hu_window"])
-    gt_hu = xrays = declared = None
+    gt_hu = xrays = declared = case = field_drr = None
     try:
         if args.ap is not None:
             if tuple(config["geometry"]["angles"]) != (0.0, 90.0):
@@ -239,15 +262,22 @@ def main(argv=None) -> dict:
                     + ("" if declared == trained else " (differs from the model's)")
                 )
         elif args.ct is not None:
-            gt_hu = prepare_ct(args.ct, spacing, ct_shape, window, config.get("spine_position"))
+            case, gt_hu, xrays, field_drr = ct_inputs(args.ct, config, ae_config, args)
+            spine = case.info["spine"]
+            print(
+                f"spine located at {', '.join(f'{c:.0f}' for c in spine['centre_mm'])} mm "
+                f"({spine['method']}, confidence {spine['confidence']:.2f}); X-rays through "
+                f"the whole CT ({' x '.join(map(str, case.info['ct_shape']))} voxels)"
+            )
+            message = truncation_message(case)
+            if message:
+                print(f"warning: {message}")
     except (ValueError, OSError, KeyError, TypeError) as e:
         raise SystemExit(f"error: {e}") from e
 
     guidance, pose = options(args)
     recon = Reconstructor.from_pretrained(args.model, device=args.device)
     effective = recon.projection_guidance_for(guidance)
-    if gt_hu is not None:
-        xrays = recon.simulate_xrays(gt_hu.to(recon.device)).cpu()
     t0 = time.perf_counter()
     out = recon(
         xrays,
@@ -287,10 +317,12 @@ def main(argv=None) -> dict:
             "views": out.pose[0].tolist(),
         }
         print(f"refined pose (d_angle deg, d_u mm, d_v mm) per view: {out.pose[0].tolist()}")
-    save_ct(out_dir / "ct.nii.gz", out.hu[0, 0].cpu().numpy(), spacing=recon.spacing)
+    # with --ct the field lands where it lies in the patient (the CT file's world frame)
+    place = {"affine": case.affine} if case is not None else {"spacing": recon.spacing}
+    save_ct(out_dir / "ct.nii.gz", out.hu[0, 0].cpu().numpy(), **place)
     written = ["ct.nii.gz"]
     if out.std is not None:
-        save_ct(out_dir / "std.nii.gz", out.std[0, 0].cpu().numpy(), spacing=recon.spacing)
+        save_ct(out_dir / "std.nii.gz", out.std[0, 0].cpu().numpy(), **place)
         written.append("std.nii.gz")
     drr = recon.simulate_xrays(out.hu.to(recon.device))
     result = {"seconds": seconds, "options": record}
@@ -301,9 +333,9 @@ def main(argv=None) -> dict:
     if gt_hu is not None:
         pred_hu = out.hu.cpu()
         result.update(ct_metrics(pred_hu, gt_hu, window))
-        result["projection_error"], _ = projection_error(
-            pred_hu, xrays, recon.geometry, recon.spacing, recon.config.xray_scale, window
-        )
+        # against the field's own DRRs: the X-rays cross the rest of the body too
+        result["projection_error"] = float(recon.projection_errors(pred_hu, field_drr)[0])
+        result["case"] = case.info
         title += f": PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.3f}"
         _write_json(out_dir / "metrics.json", result)
         written.append("metrics.json")

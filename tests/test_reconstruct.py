@@ -132,21 +132,3 @@ def test_errors_come_before_any_compute(tmp_path, model_dir, ct_path):
     with pytest.raises(SystemExit, match="config.json"):
         main(["--model", str(empty), "--ct", str(ct_path), *out])
     assert not (tmp_path / "out").exists()
-
-
-def test_prepare_ct_puts_the_spine_where_the_model_expects_it(tmp_path):
-    """A phantom written to NIfTI comes back unchanged when its spine's bone centroid is
-    already where the model's spine_position says; centred on the middle it moves."""
-    from x2ct.data import spine_centre
-    from x2ct.eval.reconstruct import prepare_ct
-
-    window = (-1000.0, 2000.0)
-    ph = spine_phantom(CT_SHAPE, SPACING, seed=3)
-    path = save_ct(tmp_path / "ph_ct.nii.gz", ph.hu, spacing=SPACING)
-    truth = np.clip(ph.hu, *window)
-    at = spine_centre(truth)
-    same = prepare_ct(path, SPACING, CT_SHAPE, window, spine_position=tuple(at))
-    np.testing.assert_allclose(same[0, 0].numpy(), truth, atol=1e-3)
-    middle = prepare_ct(path, SPACING, CT_SHAPE, window)
-    centre = spine_centre(middle[0, 0].numpy())
-    np.testing.assert_allclose(centre, (np.array(CT_SHAPE) - 1) / 2, atol=0.6)

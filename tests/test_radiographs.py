@@ -1,0 +1,79 @@
+"""Radiographs onto the model's detector by their declared geometry; input checks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from x2ct.data.radiographs import check_views, resample_radiograph
+from x2ct.projector import Geometry, on_model_detector, project
+
+SPACING = (2.0, 2.0, 2.0)
+NOMINAL = Geometry.fit((40, 40, 40), SPACING, (32, 32))  # a model's detector
+
+
+def _ball(centre=(10.0, -6.0, 8.0), sigma=7.0, n=40) -> torch.Tensor:
+    """A smooth ball (a Gaussian of ``sigma`` mm): point samples of its DRR equal pixel
+    averages up to a small blur, so images of other pixel sizes can be compared."""
+    ax = (torch.arange(n, dtype=torch.float64) - (n - 1) / 2) * 2.0
+    x, y, z = torch.meshgrid(ax, ax, ax, indexing="ij")
+    r2 = (x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2
+    return (0.02 * torch.exp(-r2 / (2 * sigma**2)))[None, None]
+
+
+def _centroid(img) -> np.ndarray:
+    img = np.asarray(img, dtype=np.float64)
+    ii, jj = np.indices(img.shape)
+    return np.array([(img * ii).sum(), (img * jj).sum()]) / img.sum()
+
+
+@pytest.mark.parametrize("angle", [0.0, 90.0])
+def test_a_ball_lands_where_the_geometry_says(angle):
+    # a radiograph at other distances, with 0.6 mm pixels on a larger detector whose centre
+    # is offset from the isocentre's shadow
+    taken = Geometry(sad=800.0, sdd=1100.0, detector_shape=(260, 300), pixel_spacing=(0.6, 0.6),
+                     angles=(angle,), detector_offset=(4.0, -6.0))
+    image = project(_ball(), taken, SPACING)[0, 0].numpy()
+    view = resample_radiograph(image, taken, NOMINAL)
+    direct = on_model_detector(NOMINAL, angle, 800.0, 1100.0)
+    assert view.geometry == direct and view.coverage == 1.0
+    ref = project(_ball(), direct, SPACING)[0, 0].numpy()
+    assert np.abs(_centroid(view.image) - _centroid(ref)).max() < 0.1  # pixels
+    # the same line integrals, up to the smoothing of the finer image
+    assert np.abs(view.image - ref).max() < 0.05 * ref.max()  # 3% measured
+    assert abs(view.image.sum() - ref.sum()) < 0.01 * ref.sum()
+
+
+def test_a_small_radiograph_is_padded_not_squeezed():
+    taken = Geometry(sad=541.0, sdd=949.0, detector_shape=(60, 60), pixel_spacing=(1.0, 1.0),
+                     angles=(0.0,))
+    image = np.random.default_rng(0).random((60, 60))
+    view = resample_radiograph(image, taken, NOMINAL)
+    iso = NOMINAL.pixel_spacing[0] / NOMINAL.magnification  # mm per model pixel, isocentre
+    covered = 60 * 1.0 / NOMINAL.magnification / iso  # model pixels the image spans
+    assert view.coverage == pytest.approx((covered / 32) ** 2, rel=0.15)
+    with pytest.raises(ValueError, match="detector"):
+        resample_radiograph(image, dataclasses.replace(taken, detector_shape=(50, 60)), NOMINAL)
+
+
+def test_blank_and_constant_images_are_refused():
+    good = np.random.default_rng(1).random((32, 32))
+    with pytest.raises(ValueError, match="lateral.png: the image is blank or constant"):
+        check_views([good, np.full((32, 32), 7.0)], ["ap.png", "lateral.png"], (0.0, 90.0))
+    with pytest.raises(ValueError, match="ap.png"):
+        check_views([np.zeros((32, 32)), good], ["ap.png", "lateral.png"], (0.0, 90.0))
+
+
+def test_swapped_views_are_flagged_on_a_whole_body_phantom():
+    from x2ct.data import ct_case, default_geometry, phantom_body
+
+    g = default_geometry((32, 32, 32), (4.0, 4.0, 4.0), (32, 32))
+    body, labels = phantom_body(90000, "lumbar", (4.0, 4.0, 4.0), (32, 32, 32))
+    case = ct_case(body, (32, 32, 32), (4.0, 4.0, 4.0), g, mask=labels)
+    ap, lat = case.drr.numpy()
+    assert check_views([ap, lat], ["ap", "lateral"], (0.0, 90.0)) == []
+    warned = check_views([lat, ap], ["ap", "lateral"], (0.0, 90.0))
+    assert len(warned) == 1 and "swapped" in warned[0]
