@@ -178,9 +178,11 @@ def ct_case(
     tilt_deg: Sequence[float] = (0.0, 0.0),
     z_mm: float | None = None,
     acquisition: Sequence[Geometry] | None = None,
+    views: torch.Tensor | None = None,
     case_id: str | None = None,
     spine: SpinePoint | None = None,
     window: Sequence[float] = HU_WINDOW,
+    locate_by: str = "mask",
 ) -> Case:
     """The model's field of a CT and its X-rays through the whole CT.
 
@@ -197,9 +199,16 @@ def ct_case(
             the column found.
         acquisition: one single-view Geometry per view on the model's detector (other
             distances and angles, ``AcquisitionRange.sample``); default ``geometry``.
+        views: (V, 15) view vectors in the field frame to render along instead (e.g. views
+            moved by a pose, ``x2ct.projector.pose_views``).
         spine: the spine's location if already known (skips locating it).
         window: the model's HU window (for ``drr_field``).
+        locate_by: "mask" (the default: a given mask locates the spine) or "image" (locate
+            it in the image as for a CT without labels, and use the mask for ``labels``
+            only: how evaluation follows a user's path).
     """
+    if locate_by not in ("mask", "image"):
+        raise ValueError(f"locate_by must be 'mask' or 'image', got {locate_by!r}")
     source = None
     if not isinstance(ct, CTImage):
         source = str(ct)
@@ -216,7 +225,7 @@ def ct_case(
     native = np.asarray(ct.spacing, dtype=np.float64)
     hu = antialias(ct.hu, native, spacing)  # smoothed once; both products sample it
     if spine is None:
-        spine = locate(hu, native, mask, z_mm)
+        spine = locate(hu, native, mask if locate_by == "mask" else None, z_mm)
     if placement is None:
         placement = Placement(spine.centre).moved(shift_mm, turn_deg, *tilt_deg)
     target = sample_field(hu, tuple(native), placement, shape, spacing)
@@ -225,7 +234,11 @@ def ct_case(
         labels = sample_field(mask.astype(np.float32), tuple(native), placement, shape, spacing,
                               mode="nearest", fill=0.0).round().to(torch.int16)
     body = _body_grid(hu, native, np.asarray(spacing))
-    if acquisition is None:
+    if views is not None:
+        if acquisition is not None:
+            raise ValueError("give an acquisition or views, not both")
+        views = torch.as_tensor(views, dtype=torch.float64)
+    elif acquisition is None:
         views = view_vectors(geometry)
     else:
         views = stack_views(acquisition)
@@ -294,19 +307,13 @@ def phantom_case(
     geometry: Geometry,
     *,
     options=None,
-    use_labels: bool = True,
+    locate_by: str = "mask",
     **kwargs,
 ) -> Case:
-    """:func:`ct_case` of a whole-body phantom (:func:`phantom_body`); with
-    ``use_labels=False`` the spine is located in the image as for a patient's CT."""
+    """:func:`ct_case` of a whole-body phantom (:func:`phantom_body`) with its labels;
+    ``locate_by="image"`` locates the spine in the image as for a patient's CT."""
     from x2ct.data.phantom import phantom_id
 
     body, labels = phantom_body(seed, region, spacing, shape, options)
-    case = ct_case(body, shape, spacing, geometry, mask=labels if use_labels else None,
+    return ct_case(body, shape, spacing, geometry, mask=labels, locate_by=locate_by,
                    case_id=phantom_id(seed), **kwargs)
-    if not use_labels:  # score against the truth all the same
-        case.labels = sample_field(labels.astype(np.float32), tuple(spacing), case.placement,
-                                   shape, spacing, mode="nearest", fill=0.0
-                                   ).round().to(torch.int16)
-    return case
-

@@ -61,6 +61,10 @@ class LatentDiffusionConfig:
     # xray_scale: calibrated DRRs only) or "rank" (per-view pixel ranks, the same for any
     # monotone display curve: radiographs)
     xray_input: str = "drr"
+    # what the X-rays show: "field" (the field alone, as the first models were trained) or
+    # "body" (the whole patient, as radiographs do): projection guidance then compares
+    # residuals without their smooth part, the tissue around the field
+    xrays_through: str = "field"
     # acquisitions trained for (x2ct.projector.AcquisitionRange.to_dict(): sad range,
     # magnification range, angle jitter); None: the geometry's distances only
     acquisition_range: dict | None = None
@@ -117,6 +121,10 @@ class LatentDiffusionConfig:
                     f"spine_position must be three voxel coordinates, got {self.spine_position}"
                 )
         self.geometry = self.geometry_obj.to_dict()  # validates and normalises
+        if self.xrays_through not in ("field", "body"):
+            raise ValueError(
+                f"xrays_through must be 'field' or 'body', got {self.xrays_through!r}"
+            )
         if self.xray_input not in XRAY_INPUTS:
             raise ValueError(f"xray_input must be one of {XRAY_INPUTS}, got {self.xray_input!r}")
         if self.acquisition_range is not None:

@@ -57,7 +57,7 @@ from x2ct.diffusion.calibration import fit_display_curve
 from x2ct.diffusion.config import SAMPLERS, LatentDiffusionConfig
 from x2ct.diffusion.denoiser import LatentDenoiser
 from x2ct.diffusion.guidance import ProjectionGuidance, correct_x0, projection_hook
-from x2ct.diffusion.projection_loss import ProjectionLoss
+from x2ct.diffusion.projection_loss import ProjectionLoss, remove_background
 from x2ct.diffusion.regression import predict_latent
 from x2ct.diffusion.samplers import sample
 from x2ct.diffusion.schedule import append_dims
@@ -82,6 +82,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger("x2ct.diffusion")
+
+BACKGROUND_SIGMA_MM = 20.0
+"""Scale (mm at the isocentre) of the background that the tissue around the field adds to
+a whole-body X-ray, removed from residuals before projection guidance compares them."""
 
 INTENSITIES = ("line_integral", "display")
 """What the X-ray values given to a Reconstructor are: normalised line integrals, or an
@@ -292,18 +296,35 @@ class Reconstructor:
         xrays: torch.Tensor,
         geometry: Geometry | None = None,
         views: torch.Tensor | None = None,
+        background: bool = False,
     ) -> torch.Tensor:
         """(B,) mean |simulate_xrays(hu) - xrays| per case: the projection error of
-        ``x2ct.eval.metrics.projection_error`` (same rendering), batched."""
+        ``x2ct.eval.metrics.projection_error`` (same rendering), batched. ``background``:
+        without the residual's smooth part when the X-rays cross the whole body (as
+        projection guidance compares them)."""
         drr = self.simulate_xrays(hu, geometry, views)
-        return (drr - xrays.to(drr)).abs().flatten(1).mean(1)
+        r = drr - xrays.to(drr)
+        if background and self.background_sigma_px is not None:
+            r = remove_background(r, self.background_sigma_px)
+        return r.abs().flatten(1).mean(1)
+
+    @property
+    def background_sigma_px(self) -> float | None:
+        """Detector pixels of the smooth background removed from projection residuals when
+        the model's X-rays cross the whole body (``BACKGROUND_SIGMA_MM`` at the isocentre),
+        else None."""
+        if self.config.xrays_through != "body":
+            return None
+        return BACKGROUND_SIGMA_MM / min(isocentre_pixel(self.geometry))
 
     def _guidance_error_fn(self, views: torch.Tensor | None):
         """(B,) differentiable mean |A(z) - y| of latents z for projection guidance, along
-        ``views`` (one (V, 15) row per latent) or the model's views."""
+        ``views`` (one (V, 15) row per latent) or the model's views; without the residual's
+        smooth part for X-rays through the whole body."""
         loss = ProjectionLoss(
             self.autoencoder, self.geometry, self.shape, self.config.xray_scale,
             self.config.projection_step, "constant",
+            background_sigma_px=self.background_sigma_px,
         )
         return lambda z, y: loss.per_sample(z, y, views)
 
@@ -314,8 +335,8 @@ class Reconstructor:
         latent's decode and both DRR renderings are the price of the guarantee."""
         hu_g = self.autoencoder.output_to_hu(self.autoencoder.decode(z_guided, shape=self.shape))
         hu_g = hu_g.float()
-        before = self.projection_errors(hu, xrays, views=views)  # (N,)
-        after = self.projection_errors(hu_g, xrays, views=views)
+        before = self.projection_errors(hu, xrays, views=views, background=True)  # (N,)
+        after = self.projection_errors(hu_g, xrays, views=views, background=True)
         guided = after < before  # ties keep the plain result
         z = torch.where(append_dims(guided, z.ndim), z_guided.to(z.dtype), z)
         hu = torch.where(append_dims(guided, hu.ndim), hu_g, hu)

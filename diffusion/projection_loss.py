@@ -21,7 +21,38 @@ from torch.utils.checkpoint import checkpoint
 
 from x2ct.projector import Geometry, hu_to_mu, project, project_views
 
-__all__ = ["ProjectionLoss", "timestep_weight", "unit_to_hu_linear"]
+__all__ = ["ProjectionLoss", "remove_background", "timestep_weight", "unit_to_hu_linear"]
+
+
+def _pad_odd(x: torch.Tensor, pad: int, dim: int) -> torch.Tensor:
+    """Pad ``pad`` entries at both ends of ``dim`` by point reflection about the end
+    values (2 x_0 - x_k): linear trends continue, so a Gaussian blur keeps them."""
+    if pad == 0:
+        return x
+    n = x.shape[dim]
+    first, last = x.narrow(dim, 0, 1), x.narrow(dim, n - 1, 1)
+    head = 2 * first - x.narrow(dim, 1, pad).flip(dim)
+    tail = 2 * last - x.narrow(dim, n - 1 - pad, pad).flip(dim)
+    return torch.cat([head, x, tail], dim)
+
+
+def remove_background(r: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """``r - G_sigma * r`` per image (..., H, W): the residual without its smooth part (a
+    separable Gaussian of ``sigma_px`` pixels; borders padded by point reflection, so a
+    linear trend is removed exactly). Radiographs of a patient hold the tissue around the
+    model's field too; seen from the field, that adds a slowly varying background, which
+    this removes before residuals are compared."""
+    radius = max(1, int(round(3 * sigma_px)))
+    shape = r.shape
+    img = r.reshape(-1, 1, *shape[-2:])
+    out = img
+    for dim, n in ((2, shape[-2]), (3, shape[-1])):
+        pad = min(radius, n - 1)
+        x = torch.arange(-pad, pad + 1, dtype=r.dtype, device=r.device)
+        k = torch.exp(-0.5 * (x / sigma_px) ** 2)
+        k = (k / k.sum()).reshape(1, 1, -1, 1) if dim == 2 else (k / k.sum()).reshape(1, 1, 1, -1)
+        out = torch.nn.functional.conv2d(_pad_odd(out, pad, dim), k)
+    return r - out.reshape(shape)
 
 
 def timestep_weight(alpha_bar: torch.Tensor, weighting: str) -> torch.Tensor:
@@ -54,7 +85,11 @@ class ProjectionLoss:
         step: float = 1.0,
         weighting: str = "alpha_bar",
         checkpointing: bool = True,
+        background_sigma_px: float | None = None,
     ):
+        """``background_sigma_px``: compare residuals without their smooth part
+        (:func:`remove_background`), for X-rays that hold more than the field (whole-body
+        radiographs); None compares them whole."""
         self.autoencoder = autoencoder
         self.geometry = geometry
         self.ct_shape = tuple(int(n) for n in ct_shape)
@@ -64,6 +99,7 @@ class ProjectionLoss:
         self.step = float(step)
         self.weighting = weighting
         self.checkpointing = checkpointing
+        self.background_sigma_px = background_sigma_px
         timestep_weight(torch.ones(1) * 0.5, weighting)  # validates the name
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -90,7 +126,10 @@ class ProjectionLoss:
         """(B,) mean |DRR(decode(z0)) - xrays|, unweighted; ``xrays`` are normalised line
         integrals (line integral / xray_scale)."""
         drr = self.drr(self.decode(z0), views)
-        return (drr - xrays.to(drr.dtype)).abs().flatten(1).mean(1)
+        r = drr - xrays.to(drr.dtype)
+        if self.background_sigma_px is not None:
+            r = remove_background(r, self.background_sigma_px)
+        return r.abs().flatten(1).mean(1)
 
     def __call__(
         self,

@@ -266,9 +266,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--phantom-seed", type=int, default=DEFAULT_PHANTOM_SEED,
                    help="seed of the first test phantom")
     p.add_argument("--region", default="lumbar", choices=("lumbar", "thoracic"))
-    p.add_argument("--max-shift-mm", type=float, default=0.0,
-                   help="test phantoms' anatomy off centre by up to this many mm per axis "
-                   "(x2ct.data.phantom_offset; default 0, as training phantoms by default)")
+    p.add_argument("--move", type=float, nargs=2, default=None, metavar=("MM", "DEG"),
+                   help="move each case's field off its located spine by MM mm (a random "
+                   "direction per case) and turn it by DEG degrees about the body axis (a "
+                   "random sign): patients placed otherwise than the training default")
     p.add_argument("--train-seed", type=int, default=0, help="first training phantom seed")
     p.add_argument("--n-train-mean", type=int, default=16,
                    help="training CTs averaged for mean-ct (phantoms; a folder: at most this)")
@@ -307,8 +308,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--phantoms must be >= 1")
     if args.num_samples < 1 or args.batch_size < 1:
         p.error("--num-samples and --batch-size must be >= 1")
-    if not args.max_shift_mm >= 0 or (args.max_shift_mm and args.data is not None):
-        p.error("--max-shift-mm must be >= 0 and applies to --phantoms only")
+    if args.move is not None and not all(v >= 0 for v in args.move):
+        p.error("--move MM DEG must be >= 0")
     return args
 
 
@@ -422,60 +423,83 @@ def _reference_views(args, rows: list[Row], shape, spacing):
     return default_geometry(shape, spacing), DRR_SCALE
 
 
-def _test_dataset(args, shape, spacing, window, geometry, xray_scale):
+def case_moves(n: int, shift_mm: float, turn_deg: float, seed: int) -> list[tuple]:
+    """(shift (3,) mm, turn degrees) per case: a shift of length ``shift_mm`` in a random
+    direction and a turn of +-``turn_deg`` (random sign), drawn from ``seed``."""
+    rng = np.random.default_rng([int(seed), 0x30FE])
+    out = []
+    for _ in range(n):
+        d = rng.normal(size=3)
+        d /= np.linalg.norm(d)
+        out.append((tuple(float(v) for v in shift_mm * d), float(turn_deg * rng.choice([-1, 1]))))
+    return out
+
+
+def _test_cases(args, shape, spacing, window, geometry, xray_scale) -> list[dict]:
+    """The test cases, each made as ``reconstruct.py --ct`` makes its case
+    (``x2ct.data.ct_case``: the spine located in the image, the field cut around it and
+    moved by ``--move``, X-rays through the whole body, along views moved by a random pose
+    with ``--pose-jitter``); the truth's vertebra labels are cut with the same placement."""
+    from tqdm.auto import tqdm
+
+    from x2ct.data import ct_case, ct_to_drr, find_ct_cases, hu_to_unit, phantom_case, split_of
+    from x2ct.projector import pose_views, view_vectors
+
     if args.phantoms is not None:
-        from x2ct.data import PhantomDataset
+        sources = [("phantom", args.phantom_seed + i) for i in range(args.phantoms)]
+    else:
+        found = find_ct_cases(args.data)
+        sources = [("ct", c) for c in found if args.split == "all" or split_of(c.id) == args.split]
+    moves = case_moves(len(sources), *(args.move or (0.0, 0.0)), seed=args.seed)
+    poses = None
+    if args.pose_jitter is not None:
+        poses = draw_poses(len(sources), geometry.num_views, *args.pose_jitter, seed=args.seed)
+    nominal = view_vectors(geometry)
+    out = []
+    for i, (kind, src) in enumerate(tqdm(sources, desc="test cases", disable=args.no_progress)):
+        kw = dict(shift_mm=moves[i][0], turn_deg=moves[i][1], window=window, locate_by="image")
+        if poses is not None:
+            kw["views"] = pose_views(nominal, poses[i].double())
+        if kind == "phantom":
+            case = phantom_case(src, args.region, shape, spacing, geometry, **kw)
+        else:
+            case = ct_case(src.image, shape, spacing, geometry, mask=src.label, case_id=src.id,
+                           **kw)
+        truth = case.hu.clamp(*window)[None].float()  # (1, X, Y, Z)
+        with torch.no_grad():  # the truth's DRRs along the nominal views (projection error)
+            field = ct_to_drr(hu_to_unit(truth, window), geometry, spacing, window)
+        out.append({
+            "id": case.id, "hu": truth, "labels": case.labels,
+            "xrays": case.drr / xray_scale, "field_xrays": field / xray_scale,
+            "pose": None if poses is None else poses[i], "info": case.info,
+        })
+    return out
 
-        return PhantomDataset(args.phantoms, seed=args.phantom_seed, shape=shape, spacing=spacing,
-                              geometry=geometry, region=args.region, xray_scale=xray_scale,
-                              window=window, cache_size=0, max_shift_mm=args.max_shift_mm)
-    from x2ct.data import CTFolderDataset
 
-    return CTFolderDataset(args.data, spacing=spacing, shape=shape, geometry=geometry,
-                           cache_dir=args.cache_dir, split=None if args.split == "all" else
-                           args.split, window=window, xray_scale=xray_scale)
+def _mean_ct(args, shape, spacing, window, geometry) -> tuple[torch.Tensor, dict]:
+    """The mean training field in HU (1, 1, X, Y, Z) and what it was averaged over: training
+    phantoms (or the training CTs) made into centred cases as the test cases are."""
+    from x2ct.data import ct_case, find_ct_cases, phantom_case, split_of
 
-
-def _mean_ct(args, shape, spacing, window) -> tuple[torch.Tensor, dict]:
-    """The mean training CT in HU (1, 1, X, Y, Z) and what it was averaged over."""
-    from x2ct.data import hu_to_unit, spine_phantom, unit_to_hu
-
+    fields = []
     if args.phantoms is not None:
         seeds = range(args.train_seed, args.train_seed + args.n_train_mean)
-        acc = None
         for s in seeds:
-            hu = torch.from_numpy(spine_phantom(shape, spacing, seed=s, region=args.region).hu)
-            unit = hu_to_unit(hu.double(), window)
-            acc = unit if acc is None else acc + unit
-        mean = unit_to_hu(acc / len(seeds), window).float()
-        info = {"phantom_seeds": [seeds.start, seeds.stop - 1]}
+            fields.append(phantom_case(s, args.region, shape, spacing, geometry).hu)
+        info = {"phantom_seeds": [seeds.start, seeds.stop - 1], "region": args.region}
     else:
-        from x2ct.data import CTFolderDataset
-
         root = args.train_data or args.data
-        data = CTFolderDataset(root, spacing=spacing, shape=shape, cache_dir=args.cache_dir,
-                               split=None if args.train_data else "train", window=window,
-                               with_labels=False)
-        n = min(len(data), args.n_train_mean)
-        mean = unit_to_hu(torch.stack([data[i]["ct"].double() for i in range(n)]).mean(0),
-                          window).float()[0]
-        info = {"folder": str(root), "cases": data.ids[:n]}
+        found = [c for c in find_ct_cases(root)
+                 if args.train_data is not None or split_of(c.id) == "train"]
+        found = found[: args.n_train_mean]
+        for c in found:
+            fields.append(ct_case(c.image, shape, spacing, geometry, mask=c.label).hu)
+        info = {"folder": str(root), "cases": [c.id for c in found]}
+    mean = torch.stack([f.clamp(*window).double() for f in fields]).mean(0).float()
     return mean.reshape(1, 1, *shape), info
 
 
 # --------------------------------------------------------------------------- predictors
-def posed_xrays(hu: torch.Tensor, geometry, spacing, window, xray_scale: float,
-                pose: torch.Tensor) -> torch.Tensor:
-    """Normalised X-rays (B, V, H, W) of CTs ``hu`` (B, 1, X, Y, Z) taken along views moved
-    by ``pose`` (B, V, 3) = (d_angle deg, d_u mm, d_v mm), rendered as the datasets render
-    theirs (``x2ct.data.ct_to_drr``)."""
-    from x2ct.data import ct_to_drr, hu_to_unit
-
-    with torch.no_grad():
-        drr = ct_to_drr(hu_to_unit(hu.float(), window), geometry, spacing, window, pose=pose)
-    return drr / xray_scale
-
-
 def draw_poses(n: int, num_views: int, max_deg: float, max_mm: float, seed: int) -> torch.Tensor:
     """(n, V, 3) view poses, each offset uniform in [-max, max] (degrees; mm, mm)."""
     g = torch.Generator().manual_seed(seed)
@@ -515,14 +539,12 @@ def _predictor(row: Row, args, device, mean_hu, ref_geometry, ref_scale, spacing
         if pose is not None:
             settings["pose_refinement"] = pose.to_dict()
         generator = torch.Generator().manual_seed(args.seed)
-        same_views = recon.geometry == ref_geometry and c.xray_scale == ref_scale
+        if recon.geometry != ref_geometry or c.xray_scale != ref_scale:
+            _fail(f"{row.path} was trained for other views ({recon.geometry.to_dict()}, X-ray "
+                  f"scale {c.xray_scale}) than the first model's: evaluate them separately")
 
         def xrays_for(gt, ref_xrays, poses):
-            if same_views:
-                return ref_xrays
-            if poses is None:
-                return recon.simulate_xrays(gt.to(recon.device)).cpu()
-            return posed_xrays(gt, recon.geometry, spacing, window, c.xray_scale, poses)
+            return ref_xrays
 
         def predict(gt, xrays):
             out = recon(xrays.to(device), sampler=settings["sampler"], steps=settings["steps"],
@@ -587,27 +609,13 @@ def main(argv=None) -> dict:
 
     from tqdm.auto import tqdm
 
-    from x2ct.data import unit_to_hu
 
     geometry, xray_scale = _reference_views(args, rows, shape, spacing)
-    data = _test_dataset(args, shape, spacing, window, geometry, xray_scale)
-    if len(data) == 0:
+    cases = _test_cases(args, shape, spacing, window, geometry, xray_scale)
+    if len(cases) == 0:
         _fail("no test cases")
-    cases = []
-    for i in tqdm(range(len(data)), desc="test cases", disable=args.no_progress):
-        item = data[i]
-        labels = item.get("labels")
-        cases.append({"id": item["id"], "hu": unit_to_hu(item["ct"], window).float(),
-                      "labels": None if labels is None else labels[0].to(torch.int16),
-                      "xrays": item["xrays"], "pose": None})
-    if args.pose_jitter is not None:  # the same random views for every row
-        poses = draw_poses(len(cases), geometry.num_views, *args.pose_jitter, seed=args.seed)
-        for c, pose in zip(tqdm(cases, desc="posed X-rays", disable=args.no_progress), poses):
-            c["pose"] = pose
-            c["xrays"] = posed_xrays(c["hu"][None], geometry, spacing, window, xray_scale,
-                                     pose[None])[0]
-    mean_hu, mean_info = (_mean_ct(args, shape, spacing, window) if "mean-ct" in args.baseline
-                          else (None, None))
+    mean_hu, mean_info = (_mean_ct(args, shape, spacing, window, geometry)
+                          if "mean-ct" in args.baseline else (None, None))
 
     per_case: list[dict] = []
     row_summaries = []
@@ -625,12 +633,16 @@ def main(argv=None) -> dict:
             gt = torch.stack([c["hu"] for c in batch])  # (B, 1, X, Y, Z)
             poses = None if args.pose_jitter is None else torch.stack([c["pose"] for c in batch])
             xrays = xrays_for(gt, torch.stack([c["xrays"] for c in batch]), poses)
+            field_xrays = torch.stack([c["field_xrays"] for c in batch])
             with PeakMemory(device) as mem:
                 pred, extras = predict(gt, xrays)
             seconds.append(mem.seconds / len(batch))
             peaks.append(mem.mb)
             for i, c in enumerate(batch):
-                m = case_metrics(pred[i], gt[i], spacing, labels=c["labels"], xrays=xrays[i],
+                # projection error against the truth field's own DRRs (the X-rays also cross
+                # the rest of the body, which no reconstruction of the field holds)
+                m = case_metrics(pred[i], gt[i], spacing, labels=c["labels"],
+                                 xrays=field_xrays[i],
                                  geometry=row_geometry, xray_scale=row_scale, hu_window=window,
                                  bone_hu=args.bone_hu, spine_margin_mm=args.spine_margin_mm,
                                  lpips_net=lpips_net, lpips_slices=args.lpips_slices)
@@ -683,8 +695,10 @@ def main(argv=None) -> dict:
             "lpips_slices": args.lpips_slices,
             "pose_jitter": None if args.pose_jitter is None else
             {"max_angle_deg": args.pose_jitter[0], "max_shift_mm": args.pose_jitter[1]},
+            "move": None if args.move is None else
+            {"shift_mm": args.move[0], "turn_deg": args.move[1]},
             "data": ({"kind": "phantoms", "n": args.phantoms, "seed": args.phantom_seed,
-                      "region": args.region, "max_shift_mm": args.max_shift_mm}
+                      "region": args.region}
                      if args.phantoms is not None else
                      {"kind": "folder", "root": str(args.data), "split": args.split,
                       "ids": [c["id"] for c in cases]}),

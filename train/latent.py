@@ -258,6 +258,7 @@ def config_overrides(args) -> dict:
             out[key] = value  # a bare string, e.g. prediction_type=epsilon
     out["objective"] = args.objective
     out["xray_input"] = args.xray_input
+    out["xrays_through"] = "body"
     if args.no_geometry_aware:
         out["geometry_aware"] = False
     if args.projection_weight is not None:
