@@ -145,3 +145,142 @@ def _symmetry(image: np.ndarray) -> float:
         if denom > 0:
             best = max(best, float((a * b).sum() / denom))
     return best
+
+
+# --- files to model inputs ----------------------------------------------------------------
+
+
+@dataclass
+class RadiographInput:
+    """Radiograph files made into a model's input.
+
+    Attributes:
+        xrays: (1, V, H, W) float32 on the model's detector, in the model's view order.
+        geometries: one single-view Geometry per view on the model's detector (the
+            radiograph's distances and angle, mirrored as below).
+        intensity: "display" (an unknown monotone curve: radiographs), "line_integral" or
+            "normalised_drr" (x2ct's own renders; both are line integrals / the model's
+            scale once divided) : what ``Reconstructor(intensity=...)`` needs.
+        mirror: (x, y): the views were mirrored left-right (a view from the patient's right,
+            LL) or front-back (a PA view) into the model's AP and lateral; the
+            reconstruction must be flipped back along X and/or Y (:func:`unmirror`).
+        coverage: per view, the fraction of the model's detector the image covers.
+        warnings: what the checks found (:func:`check_views`) and what was assumed.
+        sources: per view, where each geometric value came from.
+    """
+
+    xrays: np.ndarray
+    geometries: list[Geometry]
+    intensity: str
+    mirror: tuple[bool, bool]
+    coverage: list[float]
+    warnings: list[str]
+    sources: list[dict]
+
+
+def _turn(angle: float, reference: float) -> float:
+    """Signed smallest angle from ``reference`` to ``angle`` in degrees."""
+    return (angle - reference + 180.0) % 360.0 - 180.0
+
+
+def mirror_geometry(g: Geometry, mirror_x: bool, mirror_y: bool) -> Geometry:
+    """A single view seen in the patient mirrored along X (left-right) and/or Y (front-back):
+    angle t -> -t and/or 180 - t, and the image's columns flipped (the detector offset
+    along the columns changes sign with each mirror)."""
+    import dataclasses
+
+    angle, (o_v, o_u) = g.angles[0], g.detector_offset
+    flips = 0
+    if mirror_y:
+        angle, flips = 180.0 - angle, flips + 1
+    if mirror_x:
+        angle, flips = -angle, flips + 1
+    if flips % 2:
+        o_u = -o_u
+    return dataclasses.replace(g, angles=(angle % 360.0,), detector_offset=(o_v, o_u))
+
+
+def unmirror(volume, mirror: tuple[bool, bool]):
+    """Flip a reconstruction (..., X, Y, Z) back along X and/or Y (numpy or torch)."""
+    dims = [d for d, m in zip((-3, -2), mirror) if m]
+    if not dims:
+        return volume
+    if isinstance(volume, np.ndarray):
+        return np.flip(volume, axis=dims).copy()
+    return volume.flip(dims)
+
+
+def prepare_radiographs(
+    files: Sequence,
+    nominal: Geometry,
+    *,
+    geometry_json=None,
+    pixel_spacing: tuple[float, float] | None = None,
+    sid_mm: float | None = None,
+    sod_mm: float | None = None,
+) -> RadiographInput:
+    """Read radiograph files (``x2ct.data.xray_files.read_radiograph``: PNG, TIFF, DICOM,
+    .npy, with a geometry.json sidecar, DICOM tags or the flags given here), one per view
+    of ``nominal`` in its order (AP, lateral), and put them on the model's detector.
+
+    A PA view (gantry angle about 180) or a lateral taken from the patient's right (about
+    270) is mirrored into the model's AP (0) or lateral (90) with all views (the
+    ``mirror`` field says how to flip the reconstruction back); each image is then
+    resampled by millimetres (:func:`resample_radiograph`) and checked (:func:`check_views`:
+    blank images refused, swapped views flagged). Geometry that the files and flags do not
+    give is taken from ``nominal`` (its distances, and a pixel spacing that makes the image
+    span the model's field) with a warning."""
+    from x2ct.data.xray_files import read_radiograph
+
+    if len(files) != nominal.num_views:
+        raise ValueError(f"the model takes {nominal.num_views} views, got {len(files)} files")
+    read = []
+    notes: list[str] = []
+    for path in files:
+        r = read_radiograph(path, geometry_json=geometry_json, pixel_spacing=pixel_spacing,
+                            sid_mm=sid_mm, sod_mm=sod_mm)
+        g = r.geometry
+        if g is None or g.angles[0] is None:
+            raise ValueError(f"{path}: no geometry for this image")
+        read.append((str(path), r, g))
+        assumed = [k for k, v in r.source.items() if v == "default"]
+        if assumed:
+            notes.append(f"{path}: assumed {', '.join(sorted(assumed))} (not in the file, a "
+                         "geometry.json or the flags)")
+    kinds = {r.intensity for _, r, _ in read}
+    if len(kinds) > 1:
+        raise ValueError(f"the views mix intensities {sorted(kinds)}: give both as radiographs "
+                         "or both as x2ct renders")
+    # which mirrors map the views onto the model's (AP 0, lateral 90)
+    ap = [k for k, a in enumerate(nominal.angles) if abs(_turn(a, 0.0)) < 45]
+    lat = [k for k, a in enumerate(nominal.angles) if abs(abs(_turn(a, 0.0)) - 90) < 45]
+    mirror_y = bool(ap) and abs(_turn(read[ap[0]][2].angles[0], 180.0)) < 45
+    mirror_x = bool(lat) and abs(_turn(read[lat[0]][2].angles[0], 270.0)) < 45
+    images, geometries, coverage, sources = [], [], [], []
+    for (path, r, g), angle in zip(read, nominal.angles):
+        pixels = np.asarray(r.pixels, dtype=np.float64)
+        if mirror_x or mirror_y:
+            g = mirror_geometry(g, mirror_x, mirror_y)
+            if mirror_x != mirror_y:  # an odd number of mirrors flips the columns
+                pixels = pixels[:, ::-1]
+        if abs(_turn(g.angles[0], angle)) > 45:
+            raise ValueError(
+                f"{path}: a view at {g.angles[0]:g} degrees where the model expects one near "
+                f"{angle:g} (AP 0 / PA 180, lateral 90 / 270): check the order of the files "
+                "and their ViewPosition"
+            )
+        view = resample_radiograph(pixels, g, nominal)
+        images.append(view.image)
+        geometries.append(view.geometry)
+        coverage.append(view.coverage)
+        sources.append(dict(r.source))
+        if view.coverage < 0.9:
+            notes.append(f"{path}: the image covers {100 * view.coverage:.0f}% of the model's "
+                         "field; the rest is filled with its edge values")
+    notes += check_views(images, [p for p, _, _ in read], [g.angles[0] for g in geometries])
+    intensity = kinds.pop()
+    return RadiographInput(
+        np.stack(images)[None].astype(np.float32), geometries,
+        "display" if intensity == "display" else "line_integral",
+        (mirror_x, mirror_y), coverage, notes, sources,
+    )
