@@ -26,6 +26,7 @@ _EXPORTS = {
         "split_ids",
         "split_of",
     ],
+    "localise": ["CONFIDENCE_WARN", "SpineLocation", "locate_spine"],
     "io": ["CTImage", "centred_affine", "load_ct", "load_xray", "save_ct", "save_xray_png"],
     "phantom": [
         "DISC_LABEL",
@@ -53,6 +54,7 @@ _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in nam
 __all__ = [
     "AntiAliasd",
     "BONE_HU",
+    "CONFIDENCE_WARN",
     "CTCase",
     "CTFolderDataset",
     "CTImage",
@@ -65,6 +67,7 @@ __all__ = [
     "Phantom",
     "PhantomDataset",
     "SACRUM_LABEL",
+    "SpineLocation",
     "UnitToHUd",
     "XrayAugment",
     "augment_generator",
@@ -76,6 +79,7 @@ __all__ = [
     "hu_to_unit",
     "load_ct",
     "load_xray",
+    "locate_spine",
     "phantom_id",
     "phantom_offset",
     "preprocess",
