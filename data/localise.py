@@ -358,7 +358,11 @@ def _candidates(grid: _Grid, body: np.ndarray) -> list[list[_Candidate]]:
         s_pos = 1.0 / (1.0 + ((cx[i] - x_mid[k]) / 80.0) ** 2)
         s_pos *= 1.0 if rel_y < 0.5 else max(0.3, 1.0 - 1.4 * (rel_y - 0.5))
         score = (
-            s_area * s_hu * min(1.0, s_front / 0.5) * (0.4 + 0.6 * min(1.0, s_back / 0.15)) * s_pos
+            s_area
+            * s_hu
+            * float(np.clip((s_front - 0.3) / 0.4, 0.0, 1.0))
+            * (0.4 + 0.6 * min(1.0, s_back / 0.15))
+            * s_pos
         )
         if score > 0.05:
             radius = math.sqrt(area[label] / math.pi)
@@ -483,21 +487,43 @@ def _image_slices(grid: _Grid):
     return np.array(zs), np.array(cent), np.array(area), confidence
 
 
+def _mirror_x(mask: np.ndarray, dx: np.ndarray) -> np.ndarray:
+    """``mask`` reflected about ``dx = 0`` (the canal's sagittal line); False where the
+    reflection leaves the box."""
+    col = dx[:, 0]
+    step = col[1] - col[0] if col.size > 1 else 1.0
+    j = np.rint((-col - col[0]) / step).astype(int)
+    inside = (j >= 0) & (j < col.size)
+    out = np.zeros_like(mask)
+    out[inside] = mask[j[inside]]
+    return out
+
+
 def _vertebra(bone, img, dx, dy, opener, r_seed) -> np.ndarray:
     """The vertebra in one slice of the box around the canal (``dx``, ``dy``: mm from the
-    canal centre): bone connected to the canal's ring once blobs that an opening parts
-    from the vertebral body are removed, its cancellous core filled in."""
+    canal centre, (n, 1) and (1, m)): bone connected to the canal's ring, less
+
+    - blobs without a mirror image about the canal's sagittal line (a vertebra is nearly
+      symmetric; an aorta, a kidney, a bowel loop lying against it is not): what an
+      opening keeps of the bone that has no reflected bone within one voxel,
+    - blobs that the opening parts from the vertebral body and that do not reach the
+      canal's ring (ribs, organs further out),
+
+    with its low-density cancellous core filled in."""
+    reflected = ndimage.binary_dilation(_mirror_x(bone, dx))
+    lonely = ndimage.binary_opening(bone & ~reflected, structure=opener)
+    if lonely.any():
+        bone = bone & ~ndimage.binary_dilation(lonely)
     opened = ndimage.binary_opening(bone, structure=opener)
     lab, n = ndimage.label(opened)
     if n:
         # The vertebral body: the opened blob with most bone in front of the canal,
-        # along the midline. Other opened blobs (aorta, ribs, bowel) are foreign.
+        # along the midline. Other opened blobs are foreign unless they reach the ring.
         strip = (np.abs(dx) <= 6.0) & (dy > 0) & (dy <= 45.0)
         hits = np.bincount(lab[strip & opened], minlength=n + 1)
         hits[0] = 0
         own = int(np.argmax(hits)) if hits.max() > 0 else 0
         foreign = opened & (lab != own)
-        # Blobs that reach the canal's ring (pedicles, thick laminae) are the vertebra's.
         near = np.hypot(dx, dy) <= r_seed
         for i in np.unique(lab[near & opened]):
             foreign &= lab != i
