@@ -20,14 +20,16 @@ one the column is found in the image, on a block-averaged copy (about 2 mm in-pl
 3. The canal line: a dynamic programme over slices picks the best-scoring chain of
    candidates whose position changes little from slice to slice, skipping slices
    (up to 40 mm) where no ring closes.
-4. The vertebrae's bone, per slice along the line: bone (> 150 HU, metal excluded) in a
-   box around the canal, connected to the canal's ring, after removing blobs that an
-   opening separates from the vertebral body (a contrast-filled aorta lying against it,
-   ribs), with the body's low-density cancellous core filled in.
+4. The vertebrae's bone, per slice along the line: bone (> 150 HU) in a box around the
+   canal, connected to the canal's ring, after removing blobs without a mirror image
+   about the canal's sagittal line (a contrast-filled aorta lying against the body) and
+   blobs that an opening separates from the vertebral body (ribs, organs), with the
+   body's low-density cancellous core filled in; metal voxels (and 2 mm around them)
+   are then left out.
 5. The point: the centroid of that bone in the slab ``z +- SLAB_HALF_MM``.
 
-Metal (> 2000 HU: pedicle screws, rods, prostheses, pacemakers) closes rings but never
-counts as bone. Confidence (see :class:`SpineLocation`) below :data:`CONFIDENCE_WARN`
+Metal (> 2000 HU in any native voxel: pedicle screws, rods, prostheses, pacemakers)
+closes rings and shapes the vertebra but never counts as bone. Confidence (see :class:`SpineLocation`) below :data:`CONFIDENCE_WARN`
 means the result deserves a look.
 """
 
@@ -472,9 +474,10 @@ def _image_slices(grid: _Grid):
         sl = (slice(ix[0], ix[-1] + 1), slice(iy[0], iy[-1] + 1), k)
         img = grid.mean[sl]
         gx, gy = xs[sl[0]][:, None], ys[sl[1]][None, :]
-        bone = (img > _BONE_HU) & ~metal[sl] & body[sl]
+        bone = (img > _BONE_HU) & body[sl]
         r_seed = radius.get(k, r_default) + 10.0
-        v = _vertebra(bone, img, gx - cx, gy - cy, opener, r_seed)
+        # Metal shapes the vertebra (a screw crosses its body) but never counts as bone.
+        v = _vertebra(bone, img, gx - cx, gy - cy, opener, r_seed) & ~metal[sl]
         n = int(v.sum())
         if n == 0:
             continue
