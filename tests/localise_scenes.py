@@ -55,16 +55,22 @@ def make_scene(
     return Scene(ph.hu.copy(), ph.labels.copy(), tuple(float(s) for s in spacing))
 
 
-def true_centre(scene: Scene, z_mm: float) -> np.ndarray:
+def true_centre(scene: Scene, z_mm) -> np.ndarray:
     """The oracle: centroid (x, y) mm of the vertebra labels (discs left out) in the slab
-    ``z_mm +- SLAB_HALF_MM``."""
+    ``z_mm +- SLAB_HALF_MM``; ``z_mm`` a height or a sequence of them ((2,) or (K, 2))."""
     x, y, z = scene.axes()
-    sel = np.abs(z - z_mm) <= SLAB_HALF_MM
-    v = (scene.labels[:, :, sel] > 0) & (scene.labels[:, :, sel] != DISC_LABEL)
-    if not v.any():
-        raise ValueError(f"no vertebra labels within {SLAB_HALF_MM} mm of z = {z_mm}")
-    i, j, _ = np.nonzero(v)
-    return np.array([x[i].mean(), y[j].mean()])
+    v = (scene.labels > 0) & (scene.labels != DISC_LABEL)
+    n = v.sum((0, 1)).astype(np.float64)  # per slice
+    sx = np.einsum("xyz,x->z", v, x)
+    sy = np.einsum("xyz,y->z", v, y)
+    out = []
+    for z0 in np.atleast_1d(np.asarray(z_mm, dtype=np.float64)):
+        sel = np.abs(z - z0) <= SLAB_HALF_MM
+        if n[sel].sum() == 0:
+            raise ValueError(f"no vertebra labels within {SLAB_HALF_MM} mm of z = {z0}")
+        out.append([sx[sel].sum() / n[sel].sum(), sy[sel].sum() / n[sel].sum()])
+    out = np.array(out)
+    return out[0] if np.ndim(z_mm) == 0 else out
 
 
 # --- the anatomy the distractors are placed from ----------------------------------------------
@@ -103,30 +109,48 @@ def _anatomy(scene: Scene) -> _Anatomy:
     return _Anatomy(cx, cy, front, (x[bx].min(), x[bx].max()), (y[by].min(), y[by].max()))
 
 
-def _paint(scene: Scene, mask: np.ndarray, value: float, where_air_only: bool = False) -> None:
-    if where_air_only:
-        mask = mask & (scene.hu < -900)
-    scene.hu[mask] = value
+def _window(scene: Scene, lo, hi):
+    """Index slices of the voxels whose centres lie in the mm box [lo, hi] (None when
+    empty) and their coordinates, broadcastable (n, 1, 1), (1, m, 1), (1, 1, l)."""
+    sl = []
+    for ax, a, b in zip(scene.axes(), lo, hi):
+        idx = np.nonzero((ax >= a) & (ax <= b))[0]
+        if idx.size == 0:
+            return None, None
+        sl.append(slice(idx[0], idx[-1] + 1))
+    x, y, z = (ax[s] for ax, s in zip(scene.axes(), sl))
+    return tuple(sl), (x[:, None, None], y[None, :, None], z[None, None, :])
 
 
-def _ball(scene: Scene, centre, radii) -> np.ndarray:
-    gx, gy, gz = scene.grid()
+def _fill(scene: Scene, sl, inside: np.ndarray, value: float, only=None) -> None:
+    """``hu[sl][inside] = value``, restricted to the (X, Y, Z) mask ``only`` when given."""
+    if only is not None:
+        inside = inside & only[sl]
+    scene.hu[sl][inside] = value
+
+
+def ball(scene: Scene, centre, radii, value: float, only=None) -> None:
+    """Paint an axis-aligned ellipsoid (``radii`` mm, a number for a sphere)."""
+    c = np.asarray(centre, float)
     r = np.broadcast_to(np.asarray(radii, float), (3,))
-    return (
-        ((gx - centre[0]) / r[0]) ** 2
-        + ((gy - centre[1]) / r[1]) ** 2
-        + ((gz - centre[2]) / r[2]) ** 2
-    ) <= 1.0
+    sl, (gx, gy, gz) = _window(scene, c - r, c + r)
+    if sl is None:
+        return
+    inside = ((gx - c[0]) / r[0]) ** 2 + ((gy - c[1]) / r[1]) ** 2 + ((gz - c[2]) / r[2]) ** 2
+    _fill(scene, sl, inside <= 1.0, value, only)
 
 
-def _capsule(scene: Scene, a, b, radius: float) -> np.ndarray:
-    gx, gy, gz = scene.grid()
+def capsule(scene: Scene, a, b, radius: float, value: float, only=None) -> None:
+    """Paint the segment a-b (mm) thickened by ``radius``."""
     a, b = np.asarray(a, float), np.asarray(b, float)
+    sl, (gx, gy, gz) = _window(scene, np.minimum(a, b) - radius, np.maximum(a, b) + radius)
+    if sl is None:
+        return
     ab = b - a
     t = ((gx - a[0]) * ab[0] + (gy - a[1]) * ab[1] + (gz - a[2]) * ab[2]) / (ab @ ab)
     t = np.clip(t, 0.0, 1.0)
     d2 = (gx - a[0] - t * ab[0]) ** 2 + (gy - a[1] - t * ab[1]) ** 2 + (gz - a[2] - t * ab[2]) ** 2
-    return d2 <= radius**2
+    _fill(scene, sl, d2 <= radius**2, value, only)
 
 
 # --- distractors --------------------------------------------------------------------------------
@@ -153,7 +177,7 @@ def heart(scene: Scene, an: _Anatomy, rng: np.random.Generator) -> None:
     k = len(an.x) // 2
     z = scene.axes()[2]
     centre = (an.x[k] - 20.0, an.front[k] + 60.0, z[k] + 30.0)
-    _paint(scene, _ball(scene, centre, (55.0, 50.0, 50.0)) & (scene.hu > -900), 300.0)
+    ball(scene, centre, (55.0, 50.0, 50.0), 300.0, only=scene.hu > -900)
 
 
 def kidneys(scene: Scene, an: _Anatomy, rng: np.random.Generator) -> None:
@@ -163,10 +187,8 @@ def kidneys(scene: Scene, an: _Anatomy, rng: np.random.Generator) -> None:
     z = scene.axes()[2]
     for side in (-1.0, 1.0):
         c = (an.x[k] + side * 70.0, an.y[k] + 10.0, z[k])
-        outer = _ball(scene, c, (28.0, 24.0, 55.0))
-        inner = _ball(scene, c, (20.0, 16.0, 47.0))
-        scene.hu[outer] = 180.0
-        scene.hu[inner] = 20.0
+        ball(scene, c, (28.0, 24.0, 55.0), 180.0)
+        ball(scene, c, (20.0, 16.0, 47.0), 20.0)
 
 
 def table(scene: Scene, an: _Anatomy, rng: np.random.Generator) -> None:
@@ -191,13 +213,11 @@ def calcifications(scene: Scene, an: _Anatomy, rng: np.random.Generator) -> None
         k = rng.integers(len(z))
         t = rng.uniform(0, 2 * math.pi)
         c = (ax[k] + 13.0 * math.cos(t), ay[k] + 13.0 * math.sin(t), z[k])
-        scene.hu[_ball(scene, c, rng.uniform(1.0, 2.0))] = rng.uniform(600, 1200)
+        ball(scene, c, rng.uniform(1.0, 2.0), rng.uniform(600, 1200))
     for _ in range(20):
         k = rng.integers(len(z))
         c = (an.x[k] + rng.uniform(-80, 80), an.front[k] + rng.uniform(20, 90), z[k])
-        scene.hu[_ball(scene, c, rng.uniform(1.0, 2.0)) & (scene.hu > -900)] = rng.uniform(
-            600, 1200
-        )
+        ball(scene, c, rng.uniform(1.0, 2.0), rng.uniform(600, 1200), only=scene.hu > -900)
 
 
 def _level_canal(scene: Scene, label: int):
@@ -237,12 +257,12 @@ def spinal_metal(scene: Scene, an: _Anatomy, rng: np.random.Generator) -> None:
         for cx, cy, cz in canals:
             head = np.array([cx + side * 22.0, cy - 14.0, cz])
             tip = np.array([cx + side * 7.0, cy + 38.0, cz])
-            scene.hu[_capsule(scene, head, tip, 3.25)] = 3000.0
-            scene.hu[_ball(scene, head, 6.0)] = 3000.0
+            capsule(scene, head, tip, 3.25, 3000.0)
+            ball(scene, head, 6.0, 3000.0)
             heads.append(head)
         a = heads[0] + np.array([0.0, 0.0, -10.0 * np.sign(heads[-1][2] - heads[0][2])])
         b = heads[-1] + np.array([0.0, 0.0, 10.0 * np.sign(heads[-1][2] - heads[0][2])])
-        scene.hu[_capsule(scene, a, b, 3.0)] = 3000.0
+        capsule(scene, a, b, 3.0, 3000.0)
 
 
 def remote_metal(scene: Scene, an: _Anatomy, rng: np.random.Generator) -> None:
@@ -258,9 +278,10 @@ def remote_metal(scene: Scene, an: _Anatomy, rng: np.random.Generator) -> None:
     )
     scene.hu[box] = 3000.0
     hip = np.array([an.x[k] + 90.0, an.y[k] + 30.0, z[0] + 40.0])
-    scene.hu[_ball(scene, hip, 30.0) & ~_ball(scene, hip, 26.0)] = 3000.0  # cup
-    scene.hu[_ball(scene, hip, 24.0)] = 3000.0  # head
-    scene.hu[_capsule(scene, hip, hip + np.array([25.0, 0.0, -60.0]), 7.0)] = 3000.0
+    ball(scene, hip, 30.0, 3000.0)  # cup (hollowed next) ...
+    ball(scene, hip, 26.0, 20.0)  # ... around joint fluid
+    ball(scene, hip, 24.0, 3000.0)  # head
+    capsule(scene, hip, hip + np.array([25.0, 0.0, -60.0]), 7.0, 3000.0)  # stem
 
 
 def arms(scene: Scene, an: _Anatomy, rng: np.random.Generator) -> None:
@@ -300,9 +321,9 @@ def bowel_contrast(scene: Scene, an: _Anatomy, rng: np.random.Generator) -> None
         b = a + 60.0 * d / np.linalg.norm(d)
         r = rng.uniform(10.0, 16.0)
         inside = (scene.hu > -900) & away
-        scene.hu[_capsule(scene, a, b, r) & inside] = rng.uniform(400, 700)
+        capsule(scene, a, b, r, rng.uniform(400, 700), only=inside)
         if i % 2:
-            scene.hu[_capsule(scene, a, b, r - 3.0) & inside] = 15.0
+            capsule(scene, a, b, r - 3.0, 15.0, only=inside)
 
 
 DISTRACTORS: dict[str, Callable[[Scene, _Anatomy, np.random.Generator], None]] = {
