@@ -23,14 +23,14 @@ one the column is found in the image, on a block-averaged copy (about 2 mm in-pl
 4. The vertebrae's bone, per slice along the line: bone (> 150 HU) in a box around the
    canal, connected to the canal's ring, after removing blobs without a mirror image
    about the canal's sagittal line (a contrast-filled aorta lying against the body) and
-   blobs that an opening separates from the vertebral body (ribs, organs), with the
-   body's low-density cancellous core filled in; metal voxels (and 2 mm around them)
-   are then left out.
+   blobs that an opening separates from the vertebral body (ribs, organs), with the holes
+   it encloses other than the canal (the body's low-density cancellous core) filled in;
+   metal voxels (and 2 mm around them) are then left out.
 5. The point: the centroid of that bone in the slab ``z +- SLAB_HALF_MM``.
 
 Metal (> 2000 HU in any native voxel: pedicle screws, rods, prostheses, pacemakers)
-closes rings and shapes the vertebra but never counts as bone. Confidence (see :class:`SpineLocation`) below :data:`CONFIDENCE_WARN`
-means the result deserves a look.
+closes rings and shapes the vertebra but never counts as bone. Confidence (see
+:class:`SpineLocation`) below :data:`CONFIDENCE_WARN` means the result deserves a look.
 """
 
 from __future__ import annotations
@@ -58,7 +58,6 @@ _WORK_Z_MM = 2.5  # target slice spacing of the working copy
 _AIR_HU = -500.0  # below: outside the body
 _RING_HU = 250.0  # bone that closes the canal's ring
 _BONE_HU = 150.0  # bone counted in the vertebra (cancellous included)
-_CORE_HU = 100.0  # a hole inside the vertebra above this is its cancellous core
 _METAL_HU = 2000.0  # metal: closes rings, never counted as bone
 _RING_SLAB_MM = 8.0  # half thickness of the slab whose bone max closes rings
 _CANAL_AREA_MM2 = (50.0, 800.0)  # canal cross-section (adult canals ~150-350 mm^2)
@@ -475,9 +474,10 @@ def _image_slices(grid: _Grid):
         img = grid.mean[sl]
         gx, gy = xs[sl[0]][:, None], ys[sl[1]][None, :]
         bone = (img > _BONE_HU) & body[sl]
-        r_seed = radius.get(k, r_default) + 10.0
+        r_canal = radius.get(k, r_default)
+        r_seed = r_canal + 10.0
         # Metal shapes the vertebra (a screw crosses its body) but never counts as bone.
-        v = _vertebra(bone, img, gx - cx, gy - cy, opener, r_seed) & ~metal[sl]
+        v = _vertebra(bone, gx - cx, gy - cy, opener, r_canal, r_seed) & ~metal[sl]
         n = int(v.sum())
         if n == 0:
             continue
@@ -502,7 +502,7 @@ def _mirror_x(mask: np.ndarray, dx: np.ndarray) -> np.ndarray:
     return out
 
 
-def _vertebra(bone, img, dx, dy, opener, r_seed) -> np.ndarray:
+def _vertebra(bone, dx, dy, opener, r_canal, r_seed) -> np.ndarray:
     """The vertebra in one slice of the box around the canal (``dx``, ``dy``: mm from the
     canal centre, (n, 1) and (1, m)): bone connected to the canal's ring, less
 
@@ -512,7 +512,7 @@ def _vertebra(bone, img, dx, dy, opener, r_seed) -> np.ndarray:
     - blobs that the opening parts from the vertebral body and that do not reach the
       canal's ring (ribs, organs further out),
 
-    with its low-density cancellous core filled in."""
+    with the holes it encloses other than the canal filled in."""
     reflected = ndimage.binary_dilation(_mirror_x(bone, dx))
     lonely = ndimage.binary_opening(bone & ~reflected, structure=opener)
     if lonely.any():
@@ -538,5 +538,8 @@ def _vertebra(bone, img, dx, dy, opener, r_seed) -> np.ndarray:
     if ids.size == 0:
         return np.zeros_like(bone)
     v = np.isin(lab, ids)
-    core = ndimage.binary_fill_holes(v) & ~v & (img > _CORE_HU)
-    return v | core
+    # Holes in it are its cancellous core (whatever its density: osteoporotic bone can
+    # be as dark as soft tissue), except the canal: the hole at the canal's centre.
+    holes, _ = ndimage.label(ndimage.binary_fill_holes(v) & ~v)
+    canal = np.unique(holes[np.hypot(dx, dy) <= 0.5 * r_canal])
+    return v | ((holes > 0) & ~np.isin(holes, canal[canal > 0]))

@@ -15,6 +15,7 @@ from localise_scenes import (
     Scene,
     add,
     crop,
+    demineralise,
     instrumented_levels,
     make_scene,
     resample,
@@ -111,6 +112,16 @@ def test_today_bone_centroid_is_pulled_away_but_not_the_localiser(name):
     sc = add(scene("lumbar"), name)
     old = (spine_centre(sc.hu) - (np.array(sc.hu.shape) - 1) / 2) * np.array(sc.spacing)
     assert np.abs(old[:2] - true_centre(sc, old[2])).max() > 20.0
+    check(sc, locate_spine(sc.hu, sc.spacing))
+
+
+@pytest.mark.parametrize("region", ["lumbar", "thoracic"])
+def test_osteoporotic_bone(region):
+    """Cancellous bone near 100 HU (no brighter than contrast) with the aorta against
+    the body: the body's dark core still counts, the aorta does not."""
+    sc = add(demineralise(scene(region), 0.35), "aorta")
+    vert = (sc.labels > 0) & (sc.labels != DISC_LABEL)
+    assert np.median(sc.hu[vert]) < 250.0
     check(sc, locate_spine(sc.hu, sc.spacing))
 
 
