@@ -1,4 +1,5 @@
-"""Data: NIfTI and X-ray I/O, CT preprocessing, procedural spine phantoms, datasets.
+"""Data: NIfTI and X-ray I/O, radiograph files with their geometry, CT preprocessing,
+procedural spine phantoms, datasets.
 
 Conventions (DESIGN.md): RAS+ voxel order (X right, Y anterior, Z superior), millimetres,
 volumes centred on the origin, HU window [-1000, 2000] mapped to [-1, 1], X-rays as
@@ -35,6 +36,16 @@ _EXPORTS = {
         "phantom_id",
         "spine_phantom",
     ],
+    "xray_files": [
+        "GEOMETRY_FORMAT",
+        "RadiographFile",
+        "RadiographView",
+        "read_geometry_json",
+        "read_radiograph",
+        "write_geometry_json",
+    ],
+    "xray_orientation": ["view_angle", "x2ct_orientation"],
+    "xray_write": ["write_radiograph_dicom", "write_radiograph_png"],
     "transforms": [
         "BONE_HU",
         "HU_WINDOW",
@@ -58,12 +69,15 @@ __all__ = [
     "CTImage",
     "CropPadToSpined",
     "DISC_LABEL",
+    "GEOMETRY_FORMAT",
     "HUToUnitd",
     "HU_WINDOW",
     "LEVEL_NAMES",
     "LoadCTd",
     "Phantom",
     "PhantomDataset",
+    "RadiographFile",
+    "RadiographView",
     "SACRUM_LABEL",
     "UnitToHUd",
     "XrayAugment",
@@ -79,6 +93,8 @@ __all__ = [
     "phantom_id",
     "phantom_offset",
     "preprocess",
+    "read_geometry_json",
+    "read_radiograph",
     "save_ct",
     "save_xray_png",
     "spine_centre",
@@ -86,6 +102,11 @@ __all__ = [
     "split_ids",
     "split_of",
     "unit_to_hu",
+    "view_angle",
+    "write_geometry_json",
+    "write_radiograph_dicom",
+    "write_radiograph_png",
+    "x2ct_orientation",
 ]
 
 
