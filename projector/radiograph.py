@@ -186,7 +186,6 @@ class Radiograph:
     display: torch.Tensor
 
 
-@lru_cache(maxsize=1024)
 def _beam(style: RadiographStyle) -> tuple[np.ndarray, np.ndarray, float, float, float]:
     """(energies keV, psi, absorbed quanta per incident photon, Swank factor, mean keV).
 
@@ -194,14 +193,20 @@ def _beam(style: RadiographStyle) -> tuple[np.ndarray, np.ndarray, float, float,
     absorbed fraction times energy for energy integration. The Swank factor
     ``<E>^2 / <E^2>`` of the absorbed spectrum turns quanta into the noise-equivalent
     quanta of an energy-integrating detector."""
-    if style.kvp is None:
-        energies = np.array([style.mono_kev])
+    return _beam_cached(style.kvp, style.mono_kev, style.filtration_mm_al,
+                        style.filtration_mm_cu, style.anode_angle_deg, style.spectrum_model,
+                        style.csi_mg_cm2)
+
+
+@lru_cache(maxsize=1024)
+def _beam_cached(kvp, mono_kev, al, cu, angle, model, csi_mg_cm2):
+    if kvp is None:
+        energies = np.array([mono_kev])
         phi = np.ones(1)
     else:
-        energies, phi = spectrum(style.kvp, style.filtration_mm_al, style.filtration_mm_cu,
-                                 style.anode_angle_deg, model=style.spectrum_model)
-    if style.csi_mg_cm2 > 0:
-        eta = -np.expm1(-mass_attenuation("csi", energies) * style.csi_mg_cm2 / 1000.0)
+        energies, phi = spectrum(kvp, al, cu, angle, model=model)
+    if csi_mg_cm2 > 0:
+        eta = -np.expm1(-mass_attenuation("csi", energies) * csi_mg_cm2 / 1000.0)
     else:
         eta = np.ones_like(energies)
     absorbed = phi * eta

@@ -316,3 +316,17 @@ def test_bad_inputs_name_the_problem():
         simulate_radiograph(torch.zeros(1, 3, 1, 4, 4), (1.0, -1.0))
     with pytest.raises(ValueError, match=r"hu must be a \(B, 1, X, Y, Z\)"):
         decompose_hu(torch.zeros(4, 4, 4))
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    style = RadiographStyle(kvp=80.0, spectrum_model="tasmip", photons_per_mm2=None,
+                            spr_20cm=0.4, blur_mm=0.3, enhancement=((0.5, 5.0),), bits=12)
+    paths = ramp_paths()
+    cpu = simulate_radiograph(paths, (0.5, 0.5), style)
+    gpu = simulate_radiograph(paths.cuda(), (0.5, 0.5), style)
+    torch.testing.assert_close(gpu.line_integral.cpu(), cpu.line_integral, rtol=1e-4,
+                               atol=1e-4)
+    assert float((gpu.display.cpu() - cpu.display).abs().max()) <= 1.0

@@ -228,3 +228,14 @@ def test_errors_name_the_file_and_field(tmp_path):
     np.testing.assert_array_equal(read_radiograph(tmp_path / "ap.png").pixels, dotted(8))
     with pytest.raises(ValueError, match="but the geometry's detector"):
         write_radiograph_dicom(tmp_path / "a.dcm", dotted(8), geometry(shape=(5, 5)), 8)
+
+
+def test_tiff_16_bit(tmp_path):
+    from PIL import Image
+
+    img = dotted(16).astype(np.uint16)
+    Image.fromarray(img).save(tmp_path / "ap.tif")
+    r = read_radiograph(tmp_path / "ap.tif", view="ap", pixel_spacing=(0.2, 0.3))
+    assert r.bits == 16 and r.intensity == "display"
+    np.testing.assert_array_equal(r.pixels, img)  # no Patient Orientation: AP display is ours
+    assert r.source["orientation"].startswith("default")
