@@ -137,6 +137,8 @@ def write_radiograph_dicom(
     ds.ImageLaterality = "U"
     ds.PatientOrientation = list(orientation)
     ds.ViewPosition = view_position if view_position is not None else _view_position(angle)
+    # The C-arm angle (PS3.3 C.8.7.5.1.2) carries views between the named ones.
+    ds.PositionerPrimaryAngle = f"{angle % 360.0 - 180.0:.6g}"
     ds.DistanceSourceToDetector = f"{geometry.sdd:.2f}"
     ds.DistanceSourceToPatient = f"{geometry.sad:.2f}"
     ds.EstimatedRadiographicMagnificationFactor = f"{geometry.sdd / geometry.sad:.6f}"

@@ -55,10 +55,12 @@ class RadiographStyle:
     (``x2ct.projector.spectra.spectrum``).
 
     Exposure: ``photons_per_mm2``, quanta per mm^2 of the unattenuated beam at the
-    detector (None: noiseless). A lumbar AP at about 3 mGy entrance air kerma leaves about
-    1.4 mGy, some 3e7 photons/mm^2 of an 80 kVp beam, at the detector plane outside the
-    patient; a C-arm fluoroscopy frame 100 times less. ``electronic_noise``: standard
-    deviation of additive detector noise, in quanta per pixel.
+    detector (None: noiseless). An estimate for scale: a lumbar AP at about 3 mGy
+    entrance air kerma gives, by the inverse square law, about 1.4 mGy at the detector
+    plane outside the patient, some 3e7 photons/mm^2 of an 80 kVp beam (about 2.5e4
+    photons/mm^2 per uGy); a C-arm fluoroscopy frame is 100 times less.
+    ``electronic_noise``: standard deviation of additive detector noise, in quanta per
+    pixel.
 
     Scatter: ``spr_20cm``, the scatter-to-primary ratio behind 20 cm of water-equivalent
     tissue, growing as ``(t_w / 20 cm) ** spr_exponent``; ``scatter_sigma_mm``, the width
@@ -67,8 +69,10 @@ class RadiographStyle:
     IAEA handbook 2014, sec. 6.3.4), an air gap (C-arm) less.
 
     ``heel``: relative intensity change from the top row to the bottom row (the anode-
-    cathode axis along the patient's long axis; 10-30% over a 40 cm field at 100 cm,
-    Bushberg et al. 2012, sec. 6.2; a detector's gain calibration removes most of it).
+    cathode axis along the patient's long axis; the cathode end of a 43 cm field at 100 cm
+    can receive up to about 45% more than the anode end, K. L. Bontrager and J. P.
+    Lampignano, *Textbook of Radiographic Positioning and Related Anatomy*; a flat
+    panel's gain calibration removes much of it, so draws stay within 25%).
 
     Detector: ``csi_mg_cm2``, areal density of the CsI:Tl scintillator (indirect flat
     panels use 400-600 um needles, about 150-250 mg/cm^2; 0: an ideal absorber);

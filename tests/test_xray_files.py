@@ -121,6 +121,12 @@ def test_lateral_view_positions(tmp_path):
         r = read_radiograph(path)
         assert r.geometry.angles == (angle,)
         np.testing.assert_array_equal(r.pixels, img)
+    # An oblique view has no View Position; the C-arm angle carries it.
+    path = write_radiograph_dicom(tmp_path / "oblique.dcm", img, geometry(30.0), 12)
+    assert pydicom.dcmread(path).ViewPosition == ""
+    r = read_radiograph(path)
+    assert r.geometry.angles == pytest.approx((30.0,))
+    np.testing.assert_array_equal(r.pixels, img)
 
 
 def test_dicom_with_only_pixel_spacing(tmp_path):
