@@ -66,14 +66,15 @@ def blur(x: torch.Tensor, spacing, width, lorentz=None) -> torch.Tensor:
     if fine.any():
         idx = np.flatnonzero(fine)
         out[idx] = _fft_blur(x[idx], spacing[idx], width[idx], lorentz[idx])
-    for i in np.flatnonzero(coarse):
-        f = max(1, int(width[i] / (3 * spacing[i].max())))
+    if coarse.any():  # one coarse grid for all: a third of the narrowest such PSF
+        idx = np.flatnonzero(coarse)
+        f = max(1, int((width[idx] / (3 * spacing[idx].max(1))).min()))
         hc, wc = max(2, h // f), max(2, w // f)
-        small = F.adaptive_avg_pool2d(x[i][None, None], (hc, wc))[0]
-        small_sp = spacing[i : i + 1] * np.array([[h / hc, w / wc]])
-        small = _fft_blur(small, small_sp, width[i : i + 1], lorentz[i : i + 1])
-        out[i] = F.interpolate(small[None], size=(h, w), mode="bilinear",
-                               align_corners=False)[0, 0]
+        small = F.adaptive_avg_pool2d(x[idx][:, None], (hc, wc))[:, 0]
+        small_sp = spacing[idx] * np.array([[h / hc, w / wc]])
+        small = _fft_blur(small, small_sp, width[idx], lorentz[idx])
+        out[idx] = F.interpolate(small[:, None], size=(h, w), mode="bilinear",
+                                 align_corners=False)[:, 0]
     return out
 
 
