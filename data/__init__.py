@@ -1,4 +1,5 @@
-"""Data: NIfTI and X-ray I/O, CT preprocessing, procedural spine phantoms, datasets.
+"""Data: NIfTI and X-ray I/O, radiograph files with their geometry, CT preprocessing,
+procedural spine phantoms, datasets.
 
 Conventions (DESIGN.md): RAS+ voxel order (X right, Y anterior, Z superior), millimetres,
 volumes centred on the origin, HU window [-1000, 2000] mapped to [-1, 1], X-rays as
@@ -47,6 +48,16 @@ _EXPORTS = {
         "phantom_id",
         "spine_phantom",
     ],
+    "xray_files": [
+        "GEOMETRY_FORMAT",
+        "RadiographFile",
+        "RadiographView",
+        "read_geometry_json",
+        "read_radiograph",
+        "write_geometry_json",
+    ],
+    "xray_orientation": ["view_angle", "x2ct_orientation"],
+    "xray_write": ["write_radiograph_dicom", "write_radiograph_png"],
     "transforms": [
         "BONE_HU",
         "HU_WINDOW",
@@ -79,6 +90,7 @@ __all__ = [
     "default_geometry",
     "DISC_LABEL",
     "find_ct_cases",
+    "GEOMETRY_FORMAT",
     "hu_to_unit",
     "HU_WINDOW",
     "HUToUnitd",
@@ -97,7 +109,11 @@ __all__ = [
     "Placement",
     "PlacementRange",
     "preprocess",
+    "RadiographFile",
+    "RadiographView",
     "random_placement",
+    "read_geometry_json",
+    "read_radiograph",
     "render_drr",
     "SACRUM_LABEL",
     "sample_field",
@@ -112,6 +128,11 @@ __all__ = [
     "truncation_message",
     "unit_to_hu",
     "UnitToHUd",
+    "view_angle",
+    "write_geometry_json",
+    "write_radiograph_dicom",
+    "write_radiograph_png",
+    "x2ct_orientation",
     "XrayAugment",
 ]
 

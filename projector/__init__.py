@@ -9,6 +9,12 @@ from x2ct.projector.geometry import (
     transform_views,
     view_vectors,
 )
+from x2ct.projector.materials import (
+    ENERGIES_KEV,
+    MATERIALS,
+    linear_attenuation,
+    mass_attenuation,
+)
 from x2ct.projector.pose import (
     PoseFit,
     pose_views,
@@ -27,12 +33,39 @@ from x2ct.projector.project import (
     resolve_backend,
     use_triton,
 )
+from x2ct.projector.radiograph import (
+    BASIS,
+    HU_BONE,
+    HU_METAL,
+    Radiograph,
+    decompose_hu,
+    material_paths,
+    simulate_radiograph,
+)
+from x2ct.projector.spectra import half_value_layer, mean_energy, spectrum
+from x2ct.projector.style import REFERENCE_KEV, RadiographStyle
 
 __all__ = [
     "AcquisitionRange",
     "isocentre_pixel",
     "on_model_detector",
     "BACKENDS",
+    "BASIS",
+    "ENERGIES_KEV",
+    "HU_BONE",
+    "HU_METAL",
+    "MATERIALS",
+    "REFERENCE_KEV",
+    "Radiograph",
+    "RadiographStyle",
+    "decompose_hu",
+    "half_value_layer",
+    "linear_attenuation",
+    "mass_attenuation",
+    "material_paths",
+    "mean_energy",
+    "simulate_radiograph",
+    "spectrum",
     "DRR_SCALE",
     "MU_WATER",
     "Geometry",
