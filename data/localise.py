@@ -42,6 +42,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from x2ct.data.phantom import DISC_LABEL
+
 __all__ = ["CONFIDENCE_WARN", "SLAB_HALF_MM", "SpineLocation", "locate_spine"]
 
 CONFIDENCE_WARN = 0.5
@@ -51,7 +53,6 @@ SLAB_HALF_MM = 15.0
 """Half thickness (mm) of the slab whose bone centroid is the point (about one vertebra
 and disc: the point does not jump between body and disc levels)."""
 
-DISC_LABEL = 100  # x2ct.data.phantom.DISC_LABEL; not imported, to keep this module light
 
 _WORK_XY_MM = 2.0  # target in-plane spacing of the working copy
 _WORK_Z_MM = 2.5  # target slice spacing of the working copy

@@ -248,15 +248,17 @@ def instrumented_levels(scene: Scene) -> list[int]:
 
 def spinal_metal(scene: Scene, an: _Anatomy, rng: np.random.Generator) -> None:
     """Posterior fusion over three levels: two pedicle screws per level (6.5 mm, through
-    the pedicle into the body, converging) with their heads, and two 6 mm rods joining
-    the heads along z; all 3000 HU."""
+    the pedicle to 80% of the way to the body's front, converging) with their heads, and
+    two 6 mm rods joining the heads along z; all 3000 HU."""
     levels = instrumented_levels(scene)
     canals = [_level_canal(scene, lb) for lb in levels]
+    z = scene.axes()[2]
     for side in (-1.0, 1.0):
         heads = []
         for cx, cy, cz in canals:
+            front = np.interp(cz, z, an.front)
             head = np.array([cx + side * 22.0, cy - 14.0, cz])
-            tip = np.array([cx + side * 7.0, cy + 38.0, cz])
+            tip = np.array([cx + side * 7.0, cy + 0.8 * (front - cy), cz])
             capsule(scene, head, tip, 3.25, 3000.0)
             ball(scene, head, 6.0, 3000.0)
             heads.append(head)
