@@ -107,11 +107,19 @@ class FeatureBackprojector(nn.Module):
         if tuple(views.shape) != (b, v, 15):
             raise ValueError(f"views must be ({b}, {v}, 15), got {tuple(views.shape)}")
         fviews = rescale_views(views.double(), self.detector_shape, self.feature_shape)
-        inv = self._inverse_norm(fviews).to(features.dtype)  # (B, V, X, Y, Z)
-        # each case and view: its K channels folded into the batch, one view vector row
-        f = features.reshape(b * v * k, 1, h, w)
-        rows = fviews.to(features.dtype).repeat_interleave(k, dim=1).reshape(b * v * k, 1, 15)
-        vol = backproject_views(
-            f, rows, self.volume_shape, self.volume_spacing, self.step, self.parallel
-        ).reshape(b, v, k, *self.volume_shape)
-        return (vol * inv[:, :, None]).reshape(b, v * k, *self.volume_shape)
+        # one projector call per case and view: its K channels and a channel of ones (the
+        # normaliser) folded into the batch
+        ones = torch.ones(b, v, 1, h, w, dtype=features.dtype, device=features.device)
+        stacked = torch.cat([features, ones], 2)  # (B, V, K+1, h, w)
+        out = []
+        for i in range(b):
+            for j in range(v):
+                vol = backproject_views(
+                    stacked[i, j][:, None], fviews[i, j : j + 1].to(features.dtype),
+                    self.volume_shape, self.volume_spacing, self.step, self.parallel,
+                )[:, 0]  # (K+1, X, Y, Z)
+                norm = vol[k:].detach()
+                peak = norm.amax()
+                inv = torch.where(norm > 1e-6 * peak, 1.0 / norm, torch.zeros_like(norm))
+                out.append(vol[:k] * inv)
+        return torch.stack(out).reshape(b, v * k, *self.volume_shape)

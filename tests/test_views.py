@@ -157,3 +157,20 @@ def test_pose_views_of_a_geometry_equal_posed_view_vectors():
     pose.requires_grad_(True)
     pose_views(view_vectors(g), pose).sum().backward()
     assert pose.grad is not None and bool(torch.isfinite(pose.grad).all())
+
+
+def test_feature_backprojection_along_per_case_views_equals_the_nominal_path():
+    from x2ct.diffusion.backprojection import FeatureBackprojector
+
+    g = Geometry.fit((16, 16, 16), (4.0, 4.0, 4.0), (16, 16))
+    fb = FeatureBackprojector(g, (4, 4), (4, 4, 4), (16.0, 16.0, 16.0))
+    feats = torch.randn(3, 2, 5, 4, 4, generator=torch.Generator().manual_seed(0))
+    nominal = view_vectors(g, torch.float32).expand(3, 2, 15)
+    torch.testing.assert_close(fb(feats, nominal), fb(feats), rtol=1e-4, atol=1e-5)
+    # another case's acquisition changes that case only
+    other = nominal.clone()
+    other[1] = view_vectors(dataclasses.replace(g, sad=700.0, sdd=1000.0, pixel_spacing=(
+        g.pixel_spacing[0] * (1000 / 700) / g.magnification,) * 2), torch.float32)
+    out = fb(feats, other)
+    torch.testing.assert_close(out[0], fb(feats)[0], rtol=1e-4, atol=1e-5)
+    assert float((out[1] - fb(feats)[1]).abs().max()) > 1e-3
