@@ -38,6 +38,7 @@ from x2ct.data.scene import (
     random_placement,
     render_drr,
     sample_field,
+    views_in_body,
 )
 from x2ct.data.transforms import HU_WINDOW
 from x2ct.projector import Geometry, hu_to_mu, project_views, stack_views, view_vectors
@@ -110,6 +111,11 @@ class Case:
             the model's window (what a reconstruction of the field can reproduce: the
             reference of projection losses and errors).
         views: (V, 15) float64 view vectors of the acquisition in the field frame.
+        paths: (3, V, H, W) float32 areal densities (g/cm^2) of soft tissue, bone and metal
+            through the whole body (``x2ct.projector.radiograph.material_paths``: what the
+            radiograph simulator needs), when asked for; else None.
+        body: (X, Y, Z) HU of the whole body on the field's voxel size, centred as the CT,
+            with ``keep_body`` (to render other X-rays of the case); else None.
         spacing: the field's voxel size, mm.
         placement: where the field lies in the CT (its centred frame).
         affine: (4, 4) field voxel -> the CT file's world mm (save the reconstruction with it).
@@ -126,6 +132,8 @@ class Case:
     placement: Placement
     affine: np.ndarray
     info: dict = field(default_factory=dict)
+    paths: torch.Tensor | None = None
+    body: np.ndarray | None = None  # the whole body on the field's voxel size (keep_body)
 
 
 def locate(hu: np.ndarray, spacing: Sequence[float], mask: np.ndarray | None = None,
@@ -183,6 +191,8 @@ def ct_case(
     spine: SpinePoint | None = None,
     window: Sequence[float] = HU_WINDOW,
     locate_by: str = "mask",
+    materials: bool = False,
+    keep_body: bool = False,
 ) -> Case:
     """The model's field of a CT and its X-rays through the whole CT.
 
@@ -206,6 +216,9 @@ def ct_case(
         locate_by: "mask" (the default: a given mask locates the spine) or "image" (locate
             it in the image as for a CT without labels, and use the mask for ``labels``
             only: how evaluation follows a user's path).
+        materials: also render the basis-material paths (``Case.paths``) for the
+            radiograph simulator (three more projections).
+        keep_body: keep the whole body volume in ``Case.body``.
     """
     if locate_by not in ("mask", "image"):
         raise ValueError(f"locate_by must be 'mask' or 'image', got {locate_by!r}")
@@ -247,6 +260,14 @@ def ct_case(
     clipped = target.clamp(float(window[0]), float(window[1]))
     drr_field = project_views(hu_to_mu(clipped)[None, None], views.float(),
                               geometry.detector_shape, spacing, 0.5, geometry.parallel)[0]
+    paths = None
+    if materials:
+        from x2ct.projector.radiograph import material_paths
+
+        body_views = views_in_body(views, placement).float()
+        paths = material_paths(torch.as_tensor(body)[None, None], body_views,
+                               geometry.detector_shape, spacing, 0.5, "auto",
+                               geometry.parallel)[0].float()
     truncation = body_truncation(ct.hu)
     info = {
         "source": source,
@@ -260,7 +281,7 @@ def ct_case(
     affine = field_affine(ct.affine, ct.hu.shape, native, placement, shape, spacing)
     return Case(
         case_id or (source or "ct"), target, labels, drr, drr_field.float(), views.double(),
-        spacing, placement, affine, info,
+        spacing, placement, affine, info, paths, body if keep_body else None,
     )
 
 

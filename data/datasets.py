@@ -187,7 +187,7 @@ class _Base(Dataset):
         self.epoch = int(epoch)
 
     def _item(self, index: int, case_id: str, ct, drr, labels, spacing, views=None,
-              drr_field=None) -> dict:
+              drr_field=None, paths=None) -> dict:
         xrays = drr / self.xray_scale
         if self.augment is not None:
             g = augment_generator(self.augment_seed, index, self.epoch)
@@ -209,6 +209,8 @@ class _Base(Dataset):
             item["drr_field"] = drr_field.float()
         if labels is not None:
             item["labels"] = labels.long()
+        if paths is not None:
+            item["paths"] = paths.float()
         return item
 
 
@@ -251,6 +253,8 @@ def _case_tensors(case, window) -> dict[str, torch.Tensor]:
     }
     if case.labels is not None:
         out["labels"] = case.labels[None].to(torch.int16).contiguous()
+    if case.paths is not None:
+        out["paths"] = case.paths.float().contiguous()
     return out
 
 
@@ -317,6 +321,8 @@ class PhantomDataset(_Base):
         max_shift_mm: field-only phantoms: anatomy offset range (mm per axis).
         whole_body, placement, acquisitions, placements, options, cache_dir: see above;
             ``options`` is passed to the phantom (its feature switches).
+        materials: whole-body items also carry ``paths`` (3, V, H, W), the basis-material
+            paths the radiograph simulator turns into radiographs.
     """
 
     def __init__(
@@ -341,6 +347,7 @@ class PhantomDataset(_Base):
         placements: int = 1,
         options=None,
         cache_dir: str | os.PathLike | bool | None = None,
+        materials: bool = False,
     ):
         if int(n) < 0:
             raise ValueError(f"n must be non-negative, got {n}")
@@ -363,6 +370,7 @@ class PhantomDataset(_Base):
         self.acquisitions = acquisitions
         self.placements = int(placements)
         self.options = options
+        self.materials = bool(materials)
         seeds = [int(seed) + i for i in range(int(n))]
         keep = _select([phantom_id(s) for s in seeds], split, split_fractions, split_seed)
         self.seeds = [seeds[i] for i in keep]
@@ -404,7 +412,8 @@ class PhantomDataset(_Base):
                 acquisition = self.acquisitions.sample(self.geometry, g)
             case = ct_case(body, self.shape, self.spacing, self.geometry, mask=labels,
                            placement=placement, acquisition=acquisition, spine=spine,
-                           case_id=phantom_id(seed))
+                           case_id=phantom_id(seed), window=self.window,
+                           materials=self.materials)
             out.append(_case_tensors(case, self.window))
         return out
 
@@ -422,6 +431,7 @@ class PhantomDataset(_Base):
                 "acquisitions": None if self.acquisitions is None
                 else self.acquisitions.to_dict(),
                 "options": repr(self.options),
+                "materials": self.materials,
             }
             built: list = []
 
@@ -457,7 +467,7 @@ class PhantomDataset(_Base):
         index %= len(self)
         c = self._case(index)
         return self._item(index, self.ids[index], c["ct"], c["drr"], c.get("labels"),
-                          self.spacing, c.get("views"), c.get("drr_field"))
+                          self.spacing, c.get("views"), c.get("drr_field"), c.get("paths"))
 
 
 # --- folders of CTs --------------------------------------------------------------------------
@@ -592,6 +602,7 @@ class CTFolderDataset(_Base):
             A folder mixing cases with and without masks gives items with different keys;
             pass False to batch them together.
         placement, acquisitions, placements: see above.
+        materials: items also carry ``paths`` (3, V, H, W) for the radiograph simulator.
         seed: augmentation and placement seed.
     """
 
@@ -613,6 +624,7 @@ class CTFolderDataset(_Base):
         placement: PlacementRange | None = None,
         acquisitions: AcquisitionRange | None = None,
         placements: int = 1,
+        materials: bool = False,
     ):
         self.root = Path(root)
         self.shape = tuple(int(s) for s in shape)
@@ -629,6 +641,7 @@ class CTFolderDataset(_Base):
         self.placement = placement
         self.acquisitions = acquisitions
         self.placements = int(placements)
+        self.materials = bool(materials)
         self.seed = int(seed)
         self.ids = [
             c.id + (f"_{k}" if self.placements > 1 else "")
@@ -668,6 +681,7 @@ class CTFolderDataset(_Base):
             "seed": self.seed,
             "placement": None if self.placement is None else self.placement.to_dict(),
             "acquisitions": None if self.acquisitions is None else self.acquisitions.to_dict(),
+            "materials": self.materials,
         }
 
     def _build(self, case: CTCase) -> list[dict[str, torch.Tensor]]:
@@ -693,7 +707,7 @@ class CTFolderDataset(_Base):
                 acquisition = self.acquisitions.sample(self.geometry, g)
             c = ct_case(ct, self.shape, self.spacing, self.geometry, mask=mask,
                         placement=placement, acquisition=acquisition, spine=spine,
-                        case_id=case.id, window=self.window)
+                        case_id=case.id, window=self.window, materials=self.materials)
             c.info["source"] = str(case.image)
             out.append(_case_tensors(c, self.window))
         return out
@@ -738,4 +752,4 @@ class CTFolderDataset(_Base):
         t = self._load(index)
         labels = t.get("labels") if self.with_labels else None
         return self._item(index, self.ids[index], t["ct"], t["drr"], labels, self.spacing,
-                          t["views"], t["drr_field"])
+                          t["views"], t["drr_field"], t.get("paths"))

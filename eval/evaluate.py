@@ -266,6 +266,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--phantom-seed", type=int, default=DEFAULT_PHANTOM_SEED,
                    help="seed of the first test phantom")
     p.add_argument("--region", default="lumbar", choices=("lumbar", "thoracic"))
+    p.add_argument("--xray-style", choices=("ideal", "radiograph"), default="ideal",
+                   help="test X-rays: 'ideal' DRRs through the whole body, or 'radiograph': "
+                   "x2ct's radiograph simulator (random tube voltage, scatter, noise, blur, "
+                   "display curve, 8-bit PNG at 0.15-1 mm pixels, distances within the "
+                   "model's range) written as files and read back as a user's files are")
     p.add_argument("--move", type=float, nargs=2, default=None, metavar=("MM", "DEG"),
                    help="move each case's field off its located spine by MM mm (a random "
                    "direction per case) and turn it by DEG degrees about the body axis (a "
@@ -410,6 +415,17 @@ def _check_inputs(args) -> dict:
     return {"rows": rows, "shape": shape, "spacing": spacing, "window": window}
 
 
+def _reference_acquisitions(rows: list[Row]):
+    """The first model's accepted acquisitions (``LatentDiffusionConfig.acquisitions``)."""
+    from x2ct.diffusion.config import LatentDiffusionConfig
+
+    for r in rows:
+        if r.kind == "model":
+            cfg = LatentDiffusionConfig.from_json((Path(r.path) / "config.json").read_text())
+            return cfg.acquisitions
+    return None
+
+
 def _reference_views(args, rows: list[Row], shape, spacing):
     """Geometry and X-ray scale of the test X-rays: the first model's, else the datasets'
     default for the grid."""
@@ -435,11 +451,15 @@ def case_moves(n: int, shift_mm: float, turn_deg: float, seed: int) -> list[tupl
     return out
 
 
-def _test_cases(args, shape, spacing, window, geometry, xray_scale) -> list[dict]:
+def _test_cases(args, shape, spacing, window, geometry, xray_scale, acquisitions=None,
+                out_dir: Path | None = None) -> list[dict]:
     """The test cases, each made as ``reconstruct.py --ct`` makes its case
     (``x2ct.data.ct_case``: the spine located in the image, the field cut around it and
     moved by ``--move``, X-rays through the whole body, along views moved by a random pose
-    with ``--pose-jitter``); the truth's vertebra labels are cut with the same placement."""
+    with ``--pose-jitter``); the truth's vertebra labels are cut with the same placement.
+    With ``--xray-style radiograph`` the X-rays are simulated X-ray-room radiographs written
+    as 8-bit PNG files with their geometry and read back as a user's files are
+    (eval/radiograph_cases.py), into ``out_dir``/radiographs."""
     from tqdm.auto import tqdm
 
     from x2ct.data import ct_case, ct_to_drr, find_ct_cases, hu_to_unit, phantom_case, split_of
@@ -457,7 +477,8 @@ def _test_cases(args, shape, spacing, window, geometry, xray_scale) -> list[dict
     nominal = view_vectors(geometry)
     out = []
     for i, (kind, src) in enumerate(tqdm(sources, desc="test cases", disable=args.no_progress)):
-        kw = dict(shift_mm=moves[i][0], turn_deg=moves[i][1], window=window, locate_by="image")
+        kw = dict(shift_mm=moves[i][0], turn_deg=moves[i][1], window=window, locate_by="image",
+                  keep_body=args.xray_style == "radiograph")
         if poses is not None:
             kw["views"] = pose_views(nominal, poses[i].double())
         if kind == "phantom":
@@ -468,11 +489,23 @@ def _test_cases(args, shape, spacing, window, geometry, xray_scale) -> list[dict
         truth = case.hu.clamp(*window)[None].float()  # (1, X, Y, Z)
         with torch.no_grad():  # the truth's DRRs along the nominal views (projection error)
             field = ct_to_drr(hu_to_unit(truth, window), geometry, spacing, window)
-        out.append({
+        item = {
             "id": case.id, "hu": truth, "labels": case.labels,
             "xrays": case.drr / xray_scale, "field_xrays": field / xray_scale,
             "pose": None if poses is None else poses[i], "info": case.info,
-        })
+            "views": None, "intensity": "line_integral",
+        }
+        if args.xray_style == "radiograph":
+            from x2ct.eval.radiograph_cases import radiograph_case
+            from x2ct.projector import stack_views
+
+            folder = out_dir / "radiographs" / case.id.replace("/", "__")
+            rc = radiograph_case(case, geometry, acquisitions, folder, seed=args.seed * 7919 + i)
+            if any(rc.mirror):
+                _fail(f"{case.id}: the simulated views needed mirroring; evaluate at 0 and 90")
+            item.update(xrays=rc.xrays[0], views=stack_views(rc.geometries, torch.float32),
+                        intensity="display", radiograph=rc.settings)
+        out.append(item)
     return out
 
 
@@ -546,11 +579,12 @@ def _predictor(row: Row, args, device, mean_hu, ref_geometry, ref_scale, spacing
         def xrays_for(gt, ref_xrays, poses):
             return ref_xrays
 
-        def predict(gt, xrays):
+        def predict(gt, xrays, views=None, intensity="line_integral"):
             out = recon(xrays.to(device), sampler=settings["sampler"], steps=settings["steps"],
                         guidance_scale=settings["guidance_scale"],
                         num_samples=args.num_samples, generator=generator,
-                        projection_guidance=guidance, pose_refinement=pose)
+                        projection_guidance=guidance, pose_refinement=pose, views=views,
+                        intensity=intensity)
             extras = [{} for _ in range(gt.shape[0])]
             for i, e in enumerate(extras):
                 if out.pose is not None:
@@ -567,14 +601,15 @@ def _predictor(row: Row, args, device, mean_hu, ref_geometry, ref_scale, spacing
 
         ae = CTAutoencoder.from_pretrained(row.path, device=device)
 
-        def predict(gt, xrays):
+        def predict(gt, xrays, views=None, intensity=None):
             with torch.no_grad():
                 x = ae.hu_to_input(gt.to(device))
                 return ae.output_to_hu(ae.reconstruct(x)).float().cpu(), none(gt)
 
         return predict, keep, ref_geometry, ref_scale, {"kind": ae.config.kind}
     if row.kind == "mean-ct":
-        return (lambda gt, xrays: (mean_hu.expand(gt.shape[0], -1, -1, -1, -1).clone(), none(gt)),
+        return (lambda gt, xrays, views=None, intensity=None: (
+                    mean_hu.expand(gt.shape[0], -1, -1, -1, -1).clone(), none(gt)),
                 keep, ref_geometry, ref_scale, {})
     raise ValueError(f"unknown row kind {row.kind!r}")
 
@@ -611,7 +646,11 @@ def main(argv=None) -> dict:
 
 
     geometry, xray_scale = _reference_views(args, rows, shape, spacing)
-    cases = _test_cases(args, shape, spacing, window, geometry, xray_scale)
+    acquisitions = _reference_acquisitions(rows)
+    if args.xray_style == "radiograph" and acquisitions is None:
+        _fail("--xray-style radiograph needs a --model row (its accepted acquisitions)")
+    cases = _test_cases(args, shape, spacing, window, geometry, xray_scale, acquisitions,
+                        out_dir)
     if len(cases) == 0:
         _fail("no test cases")
     mean_hu, mean_info = (_mean_ct(args, shape, spacing, window, geometry)
@@ -634,8 +673,11 @@ def main(argv=None) -> dict:
             poses = None if args.pose_jitter is None else torch.stack([c["pose"] for c in batch])
             xrays = xrays_for(gt, torch.stack([c["xrays"] for c in batch]), poses)
             field_xrays = torch.stack([c["field_xrays"] for c in batch])
+            views = None
+            if batch[0]["views"] is not None:
+                views = torch.stack([c["views"] for c in batch])
             with PeakMemory(device) as mem:
-                pred, extras = predict(gt, xrays)
+                pred, extras = predict(gt, xrays, views, batch[0]["intensity"])
             seconds.append(mem.seconds / len(batch))
             peaks.append(mem.mb)
             for i, c in enumerate(batch):
@@ -695,6 +737,7 @@ def main(argv=None) -> dict:
             "lpips_slices": args.lpips_slices,
             "pose_jitter": None if args.pose_jitter is None else
             {"max_angle_deg": args.pose_jitter[0], "max_shift_mm": args.pose_jitter[1]},
+            "xray_style": args.xray_style,
             "move": None if args.move is None else
             {"shift_mm": args.move[0], "turn_deg": args.move[1]},
             "data": ({"kind": "phantoms", "n": args.phantoms, "seed": args.phantom_seed,

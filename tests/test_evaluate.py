@@ -58,8 +58,8 @@ def test_evaluate_phantoms_writes_every_output(models, tmp_path, monkeypatch, ca
         assert key in saved, key
     s = saved["settings"]
     assert (s["sampler"], s["steps"], s["num_samples"], s["batch_size"]) == ("ddim", 2, 1, 2)
-    assert s["data"] == {"kind": "phantoms", "n": 2, "seed": 90000, "region": "lumbar",
-                         "max_shift_mm": 0.0}
+    assert s["data"] == {"kind": "phantoms", "n": 2, "seed": 90000, "region": "lumbar"}
+    assert s["move"] is None
     assert set(saved["git"]) == {"commit", "dirty"}
     assert saved["unavailable"] == {}  # LPIPS stood in, FID had its network
     names = [r["name"] for r in saved["rows"]]
@@ -208,22 +208,48 @@ def test_guided_and_pose_rows_on_jittered_views(models, tmp_path):
     assert "| pose err deg | pose err mm |" in (out / "table.md").read_text()
 
 
-def test_posed_xrays_are_the_datasets_xrays_at_zero_pose_and_move_with_the_pose():
-    from x2ct.data import PhantomDataset, default_geometry, unit_to_hu
+def test_posed_views_render_through_the_whole_body_and_move_with_the_pose():
+    from x2ct.data import default_geometry, phantom_case
+    from x2ct.projector import pose_views, view_vectors
 
-    shape, spacing, window = (16, 16, 16), (8.0, 8.0, 8.0), (-1000.0, 2000.0)
+    shape, spacing = (16, 16, 16), (8.0, 8.0, 8.0)
     geometry = default_geometry(shape, spacing, detector_shape=(16, 16))
-    item = PhantomDataset(1, seed=3, shape=shape, spacing=spacing, geometry=geometry,
-                          window=window)[0]
-    hu = unit_to_hu(item["ct"], window)[None]
-    zero = evaluate.posed_xrays(hu, geometry, spacing, window, 8.0, torch.zeros(1, 2, 3))
-    assert torch.allclose(zero[0], item["xrays"], atol=1e-5)
+    nominal = view_vectors(geometry)
+    zero = phantom_case(3, "lumbar", shape, spacing, geometry,
+                        views=pose_views(nominal, torch.zeros(2, 3, dtype=torch.float64)))
+    plain = phantom_case(3, "lumbar", shape, spacing, geometry)
+    torch.testing.assert_close(zero.drr, plain.drr)
     du = geometry.pixel_spacing[1]
-    moved = evaluate.posed_xrays(hu, geometry, spacing, window, 8.0,
-                                 torch.tensor([[[2.0, 0.0, 0.0], [0.0, du, 0.0]]]))
-    assert not torch.allclose(moved[0, 0], zero[0, 0], atol=1e-3)  # another angle
+    pose = torch.tensor([[2.0, 0.0, 0.0], [0.0, du, 0.0]], dtype=torch.float64)
+    moved = phantom_case(3, "lumbar", shape, spacing, geometry, views=pose_views(nominal, pose))
+    assert not torch.allclose(moved.drr[0], plain.drr[0], atol=1e-3)  # another angle
     # a detector shift of one pixel moves the lateral image by one column (which way is
     # projector/pose.py's convention, tested in test_pose.py)
-    shifted = [torch.allclose(moved[0, 1, :, 2:-2], zero[0, 1, :, 2 + k:14 + k], atol=1e-5)
+    shifted = [torch.allclose(moved.drr[1, :, 2:-2], plain.drr[1, :, 2 + k:14 + k], atol=1e-4)
                for k in (-1, 1)]
     assert shifted.count(True) == 1
+
+
+def test_evaluate_and_reconstruct_give_the_same_numbers_on_the_same_ct(models, tmp_path):
+    """One whole-body CT (a phantom written to NIfTI, no mask): reconstruct.py --ct and
+    evaluate.py --data make the same case (spine located in the image, X-rays through the
+    whole CT) and report the same scores for the same model, sampler and seed."""
+    from x2ct.data import phantom_body, save_ct
+    from x2ct.eval import reconstruct
+
+    body, _ = phantom_body(90003, "lumbar", (8.0, 8.0, 8.0), (16, 16, 16))
+    folder = tmp_path / "cts"
+    save_ct(folder / "patient_ct.nii.gz", body.hu, affine=body.affine)
+    model = str(models / "a" / "model")
+    common = ["--model", model, "--steps", "2", "--sampler", "ddim", "--seed", "0"]
+    single = reconstruct.main([*common, "--ct", str(folder / "patient_ct.nii.gz"),
+                               "--out", str(tmp_path / "one"), "--no-pc"])
+    evaluate.main([*common, "--data", str(folder), "--split", "all", "--batch-size", "1",
+                   "--no-lpips", "--fid-net", "none", "--out", str(tmp_path / "eval"),
+                   "--no-progress"])
+    with open(tmp_path / "eval" / "cases.csv") as f:
+        row = next(csv.DictReader(f))
+    assert float(row["psnr_3d"]) == pytest.approx(single["psnr"], rel=1e-5)
+    assert float(row["ssim_3d"]) == pytest.approx(single["ssim"], rel=1e-5)
+    assert float(row["mae_hu"]) == pytest.approx(single["mae_hu"], rel=1e-5)
+    assert float(row["projection_error"]) == pytest.approx(single["projection_error"], rel=1e-4)

@@ -213,6 +213,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--angle-jitter", type=float, default=3.0, help="degrees each view may turn"
     )
     p.add_argument(
+        "--xray-style",
+        type=float,
+        default=0.7,
+        help="fraction of training X-rays shown as simulated radiographs (random tube "
+        "voltage, scatter, noise, blur, heel effect, display curve, bit depth, collimation, "
+        "markers: x2ct.projector.RadiographStyle.sample) instead of ideal DRRs (0: DRRs only)",
+    )
+    p.add_argument(
         "--xray-input",
         choices=XRAY_INPUTS,
         default="rank",
@@ -240,6 +248,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         acquisition_range(args)
     except ValueError as e:
         p.error(str(e))
+    if not 0.0 <= args.xray_style <= 1.0:
+        p.error(f"--xray-style must be a fraction in [0, 1], got {args.xray_style}")
+    if args.xray_style > 0 and args.xray_input != "rank":
+        p.error("--xray-style needs --xray-input rank: a radiograph's display curve is unknown")
     if args.max_minutes is not None and args.max_minutes <= 0:
         args.max_minutes = None
     return args
@@ -304,6 +316,7 @@ def training_sets(args, geometry, spacing, window) -> list[Dataset]:
         shape=tuple(args.shape), spacing=spacing, geometry=geometry, window=window,
         xray_scale=DRR_SCALE, placement=placement_range(args),
         acquisitions=acquisition_range(args), placements=args.placements,
+        materials=args.xray_style > 0,
     )
     parts: list[Dataset] = []
     if args.n_train > 0:
@@ -321,21 +334,53 @@ def encode_dataset(dataset, autoencoder, device, desc: str, show: bool) -> dict[
     spine centres (N, 3) (voxel bone centroid, ``x2ct.data.spine_centre``)
     of every case."""
     window = autoencoder.config.hu_window
-    latents, drrs, fields, views, centres = [], [], [], [], []
+    latents, drrs, fields, views, centres, paths = [], [], [], [], [], []
     for i in tqdm(range(len(dataset)), desc=desc, disable=not show, leave=False):
         item = dataset[i]
         latents.append(autoencoder.encode(item["ct"][None].to(device)).cpu())
         drrs.append(item["drr"][None])
         fields.append(item["drr_field"][None])
         views.append(item["views"][None].double())
+        if "paths" in item:
+            paths.append(item["paths"][None])
         centres.append(torch.from_numpy(spine_centre(unit_to_hu(item["ct"], window).numpy())))
-    return {
+    out = {} if not paths else {"paths": torch.cat(paths).contiguous()}
+    return out | {
         "latents": torch.cat(latents).contiguous(),
         "drr": torch.cat(drrs).contiguous(),
         "drr_field": torch.cat(fields).contiguous(),
         "views": torch.cat(views).contiguous(),
         "spine_centres": torch.stack(centres).double(),
     }
+
+
+def network_xrays(
+    drr: torch.Tensor,
+    paths: torch.Tensor | None,
+    views: torch.Tensor,
+    probability: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """The X-rays (B, V, H, W) a training batch shows the network: each case, with
+    ``probability``, as a simulated radiograph of its material paths (a random
+    ``RadiographStyle`` per view: its ``display`` values, which a "rank" model reads
+    whatever their curve), else as its ideal DRR / DRR_SCALE."""
+    x = drr.float() / DRR_SCALE
+    if paths is None or probability <= 0:
+        return x
+    pick = (torch.rand(x.shape[0], generator=generator) < probability).nonzero()[:, 0]
+    if len(pick) == 0:
+        return x
+    from x2ct.projector.radiograph import RadiographStyle, simulate_radiograph
+
+    names = ["ap" if abs(((a + 180) % 360) - 180) < 45 else "lateral"
+             for a in (0.0, 90.0)[: x.shape[1]]]
+    styles = [[RadiographStyle.sample(generator, view=n) for n in names] for _ in pick]
+    rows = views[pick].double().unflatten(-1, (5, 3))  # (B', V, 5, 3)
+    spacing = torch.stack([rows[..., 3, :].norm(dim=-1), rows[..., 2, :].norm(dim=-1)], -1)
+    shown = simulate_radiograph(paths[pick], spacing.numpy(), styles, generator).display
+    x[pick] = shown.float()
+    return x
 
 
 def load_latent_cache(accelerator, path: Path, key: str, build) -> dict[str, torch.Tensor]:
@@ -454,7 +499,7 @@ def main(argv=None) -> Path:
                 "data": [str(a) for a in args.data],
                 "settings": [args.regions, args.placements, list(args.placement),
                              list(args.sad_range), list(args.magnification_range),
-                             args.angle_jitter, list(args.shape)],
+                             args.angle_jitter, list(args.shape), args.xray_style > 0],
                 "cases": case_code_version(),
                 "cache_format": 3,  # 3: whole-body cases with views
             },
@@ -472,6 +517,7 @@ def main(argv=None) -> Path:
     )
     latents, drrs, case_views = cache["latents"], cache["drr"], cache["views"].float()
     drr_fields = cache["drr_field"]
+    material = cache.get("paths")
     val = [val_set[i] for i in range(len(val_set))]
     n_train = len(latents)
 
@@ -566,10 +612,12 @@ def main(argv=None) -> Path:
             idx = batch_indices(n_train, args.batch_size, args.seed, micro, rank, world)
             z0 = latents[idx].to(device)
             views = case_views[idx].to(device)
-            xr = drrs[idx].to(device) / DRR_SCALE  # the network's input (ranked for "rank")
-            target = drr_fields[idx].to(device) / DRR_SCALE  # what the field alone projects to
             gen = make_generator(args.seed, micro, rank)
             torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))  # t, noise, drop
+            # the network's input: a radiograph of the case or its DRR (ranked for "rank")
+            xr = network_xrays(drrs[idx], None if material is None else material[idx],
+                               case_views[idx], args.xray_style, gen).to(device)
+            target = drr_fields[idx].to(device) / DRR_SCALE  # what the field alone projects to
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     terms = loss_fn(model, z0, xr, views=views, drr=target)
