@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from x2ct.projector import Geometry, on_model_detector
+from x2ct.projector import DRR_SCALE, Geometry, on_model_detector
 
 __all__ = ["ResampledView", "check_views", "resample_radiograph"]
 
@@ -218,6 +218,7 @@ def prepare_radiographs(
     pixel_spacing: tuple[float, float] | None = None,
     sid_mm: float | None = None,
     sod_mm: float | None = None,
+    xray_scale: float = DRR_SCALE,
 ) -> RadiographInput:
     """Read radiograph files (``x2ct.data.xray_files.read_radiograph``: PNG, TIFF, DICOM,
     .npy, with a geometry.json sidecar, DICOM tags or the flags given here), one per view
@@ -228,8 +229,9 @@ def prepare_radiographs(
     ``mirror`` field says how to flip the reconstruction back); each image is then
     resampled by millimetres (:func:`resample_radiograph`) and checked (:func:`check_views`:
     blank images refused, swapped views flagged). Geometry that the files and flags do not
-    give is taken from ``nominal`` (its distances, and a pixel spacing that makes the image
-    span the model's field) with a warning."""
+    give is taken from the reader's defaults with a warning. Line integrals (.npy) and
+    x2ct's own 16-bit DRR PNGs come back as ``line_integral / xray_scale`` (the model's
+    X-ray units); radiographs as their stored values ("display")."""
     from x2ct.data.xray_files import read_radiograph
 
     if len(files) != nominal.num_views:
@@ -259,6 +261,10 @@ def prepare_radiographs(
     images, geometries, coverage, sources = [], [], [], []
     for (path, r, g), angle in zip(read, nominal.angles):
         pixels = np.asarray(r.pixels, dtype=np.float64)
+        if r.intensity == "line_integral":
+            pixels = pixels / xray_scale
+        elif r.intensity == "normalised_drr":  # value / 65535 = drr / DRR_SCALE
+            pixels = pixels / float(2 ** (r.bits or 16) - 1) * DRR_SCALE / xray_scale
         if mirror_x or mirror_y:
             g = mirror_geometry(g, mirror_x, mirror_y)
             if mirror_x != mirror_y:  # an odd number of mirrors flips the columns

@@ -3,11 +3,19 @@
     python eval/reconstruct.py --model DIR --ap AP.png --lateral LAT.png --out OUT
     python eval/reconstruct.py --model DIR --ct CT.nii.gz --out OUT
 
-- ``--ap/--lateral``: X-ray images (``x2ct.data.load_xray``: 16-bit PNG of drr / DRR_SCALE,
-  TIFF, .npy line integrals or DICOM), resized with a warning when their size is not the
-  model's detector. A ``geometry.json`` beside the AP image (as ``python -m x2ct.projector``
-  writes) or ``--geometry`` declares their geometry; one that is not the model's is
-  refused unless ``--allow-geometry-mismatch``.
+- ``--ap/--lateral``: two radiographs (PNG 8/16-bit, TIFF, DICOM, or .npy line integrals)
+  of any pixel count and pixel size. Their geometry comes from DICOM tags
+  (DistanceSourceToDetector, DistanceSourceToPatient, ImagerPixelSpacing or PixelSpacing,
+  ViewPosition, PatientOrientation), from a ``geometry.json`` beside them or ``--geometry``
+  (as ``python -m x2ct.projector`` writes), or from ``--pixel-spacing --sid --sod``; what
+  none gives is assumed, with a warning. Each image is resampled by millimetres onto the
+  model's detector (``x2ct.data.prepare_radiographs``: cropped or padded, never
+  squeezed); PA and right-lateral views are mirrored into the model's AP and lateral (and
+  the reconstruction back). Radiographs with an unknown display curve need a model trained
+  with ``--xray-input rank``; x2ct's own DRR PNGs and .npy line integrals are read as line
+  integrals. Distances or angles outside what the model was trained for are refused with
+  the range named (``--allow-geometry-mismatch`` reconstructs anyway); blank or constant
+  images are refused and views that look swapped are flagged.
 - ``--ct``: a NIfTI CT (a whole patient CT, any size and spacing). Made into a case as
   evaluation and training make theirs (``x2ct.data.ct_case``): the spine is located
   (``--mask`` labels, else ``x2ct.data.localise``), the model's field is cut around it
@@ -49,11 +57,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from x2ct.data.cases import truncation_message
@@ -63,22 +69,6 @@ from x2ct.fileio import atomic_path
 
 
 # --------------------------------------------------------------------------- inputs
-def read_geometry_json(path: str | os.PathLike) -> dict:
-    """A Geometry dict from a JSON file: a plain Geometry.to_dict() or the projector
-    command line's {"geometry": {...}, ...}."""
-    d = json.loads(Path(path).read_text())
-    return d["geometry"] if "geometry" in d else d
-
-
-def load_xray_pair(ap: str | os.PathLike, lateral: str | os.PathLike, shape) -> torch.Tensor:
-    """(1, 2, H, W) normalised X-rays from two image files, resized to ``shape`` with a
-    warning when needed."""
-    from x2ct.data import load_xray
-
-    views = [load_xray(p, shape=shape) for p in (ap, lateral)]
-    return torch.from_numpy(np.stack(views))[None]
-
-
 def ct_inputs(path, config: dict, ae_config: dict, args) -> tuple:
     """The ``--ct`` case, made exactly as evaluation and training make theirs
     (``x2ct.data.ct_case``): the field around the located spine (moved by ``--shift``,
@@ -172,12 +162,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
         "--geometry",
-        help="JSON of the X-rays' geometry (default: geometry.json beside --ap, if any)",
+        help="geometry.json of the radiographs (x2ct-radiographs/1, as python -m "
+        "x2ct.projector writes; default: a geometry.json beside the images, if any)",
     )
+    p.add_argument("--pixel-spacing", type=float, default=None,
+                   help="radiographs: detector pixel size in mm (overrides the files)")
+    p.add_argument("--sid", type=float, default=None,
+                   help="radiographs: source-to-image (detector) distance in mm")
+    p.add_argument("--sod", type=float, default=None,
+                   help="radiographs: source-to-isocentre (patient) distance in mm")
     p.add_argument(
         "--allow-geometry-mismatch",
         action="store_true",
-        help="reconstruct X-rays declared with another geometry than the model's",
+        help="reconstruct radiographs taken outside the acquisitions the model was trained "
+        "for (expect worse results)",
     )
     p.add_argument("--sampler", choices=("ddim", "ddpm", "rflow"), default=None)
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: model's)")
@@ -221,7 +219,6 @@ def main(argv=None) -> dict:
     from x2ct.data import save_ct
     from x2ct.diffusion import Reconstructor
     from x2ct.diffusion.pipeline import check_pipeline_dir
-    from x2ct.projector import Geometry
 
     args = parse_args(argv)
     out_dir = Path(args.out)
@@ -235,31 +232,38 @@ def main(argv=None) -> dict:
                 raise FileNotFoundError(f"{path}: no such file")
     except (FileNotFoundError, json.JSONDecodeError) as e:
         raise SystemExit(f"error: {e}") from e
-    det = tuple(config["geometry"]["detector_shape"])
     window = tuple(ae_config["hu_window"])
-    gt_hu = xrays = declared = case = field_drr = None
+    gt_hu = xrays = case = field_drr = radiographs = None
+    intensity, geometries, mirror = "line_integral", None, (False, False)
     try:
         if args.ap is not None:
-            if tuple(config["geometry"]["angles"]) != (0.0, 90.0):
+            from x2ct.data import prepare_radiographs
+            from x2ct.diffusion.config import LatentDiffusionConfig
+
+            model_config = LatentDiffusionConfig.from_dict(config)
+            nominal = model_config.geometry_obj
+            if tuple(nominal.angles) != (0.0, 90.0):
                 raise ValueError(
-                    f"the model's views are {config['geometry']['angles']} degrees, "
-                    "not AP (0) and lateral (90)"
+                    f"the model's views are {nominal.angles} degrees, not AP (0) and lateral (90)"
                 )
-            xrays = load_xray_pair(args.ap, args.lateral, det)
-            beside = Path(args.ap).parent / "geometry.json"
-            geometry_file = args.geometry or (beside if beside.is_file() else None)
-            if geometry_file is not None:
-                declared = Geometry.from_dict(read_geometry_json(geometry_file))
-                trained = Geometry.from_dict(config["geometry"])
-                if declared != trained and not args.allow_geometry_mismatch:
-                    raise ValueError(
-                        f"{geometry_file} declares geometry {declared.to_dict()}, but the model "
-                        f"was trained for {trained.to_dict()}; pass --allow-geometry-mismatch "
-                        "to reconstruct anyway (expect worse results)"
-                    )
-                print(
-                    f"X-ray geometry declared by {geometry_file}"
-                    + ("" if declared == trained else " (differs from the model's)")
+            spacing_flag = None if args.pixel_spacing is None else (args.pixel_spacing,) * 2
+            radiographs = prepare_radiographs(
+                [args.ap, args.lateral], nominal, geometry_json=args.geometry,
+                pixel_spacing=spacing_flag, sid_mm=args.sid, sod_mm=args.sod,
+                xray_scale=model_config.xray_scale,
+            )
+            xrays, intensity = torch.from_numpy(radiographs.xrays), radiographs.intensity
+            geometries, mirror = radiographs.geometries, radiographs.mirror
+            for view, source in zip(("AP", "lateral"), radiographs.sources):
+                said = ", ".join(f"{k} from {v}" for k, v in sorted(source.items()))
+                print(f"{view}: {said}")
+            for note in radiographs.warnings:
+                print(f"warning: {note}")
+            if intensity == "display" and model_config.xray_input != "rank":
+                raise ValueError(
+                    f"{args.model} reads calibrated DRRs only (xray_input "
+                    f"{model_config.xray_input!r}); radiographs need a model trained with "
+                    "--xray-input rank"
                 )
         elif args.ct is not None:
             case, gt_hu, xrays, field_drr = ct_inputs(args.ct, config, ae_config, args)
@@ -289,7 +293,15 @@ def main(argv=None) -> dict:
         batch_size=args.batch_size,
         projection_guidance=guidance,
         pose_refinement=pose,
+        geometry=geometries,
+        allow_geometry_mismatch=args.allow_geometry_mismatch,
+        intensity=intensity,
     )
+    if any(mirror):  # PA or right-lateral views were mirrored into the model's
+        from x2ct.data import unmirror
+
+        out = out._replace(hu=unmirror(out.hu, mirror),
+                           std=None if out.std is None else unmirror(out.std, mirror))
     seconds = time.perf_counter() - t0
     record = {
         "objective": recon.config.objective,
