@@ -1,6 +1,7 @@
 """train/latent.py end to end on a tiny model: outputs, exact resume, two processes."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -15,15 +16,13 @@ from latent_helpers import (  # noqa: F401
     tiny_autoencoder,
     train_args,
 )
+from train_helpers import checksums, perturb_checkpoint, record_steps
 
+import x2ct.train.latent as latent_script
 from x2ct.data import spine_centre, spine_phantom
 from x2ct.diffusion import Reconstructor
 from x2ct.train.checkpoint import find_latest_checkpoint
 from x2ct.train.latent import main
-
-
-def checksums(run, rank: int = 0) -> list[str]:
-    return (run / f"weights_rank{rank}.sha256").read_text().split()
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +31,9 @@ def autoencoder_dir(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_training_writes_the_pipeline_and_resumes_exactly(tmp_path, autoencoder_dir):
+def test_training_writes_the_pipeline_and_resumes_exactly(
+    tmp_path, autoencoder_dir, monkeypatch, capsys
+):
     steps = ["--max-steps", "4", "--save-every", "2", "--val-every", "2"]
     full = tmp_path / "full"
     main(train_args(full, autoencoder_dir, *steps))
@@ -61,11 +62,28 @@ def test_training_writes_the_pipeline_and_resumes_exactly(tmp_path, autoencoder_
     main(train_args(part, autoencoder_dir, *steps, "--stop-after-steps", "3"))
     assert not (part / "model").exists()
     assert find_latest_checkpoint(part / "checkpoints").name == "step_0000002"
+    # Training is deterministic, so a rerun that ignored the checkpoint and started again
+    # from step 0 would end with the same weights: the rerun must say where it resumed and
+    # train only the steps left.
+    trained = record_steps(monkeypatch, latent_script)
+    capsys.readouterr()
     main(train_args(part, autoencoder_dir, *steps))
+    assert "resumed from step_0000002 at step 2" in capsys.readouterr().out
+    assert trained == [(3, 1), (4, 2)]  # (step, steps this run)
     assert checksums(part) == checksums(full)  # training weights and EMA
     a = Reconstructor.from_pretrained(part / "model").denoiser.state_dict()
     for k, v in recon.denoiser.state_dict().items():
         torch.testing.assert_close(a[k], v, rtol=0, atol=0, msg=k)
+
+    # and what is resumed is the checkpoint's state: from a changed step-2 checkpoint the
+    # same two steps end elsewhere
+    shutil.rmtree(part / "checkpoints" / "step_0000004")
+    perturb_checkpoint(part / "checkpoints" / "step_0000002")
+    trained.clear()
+    main(train_args(part, autoencoder_dir, *steps))
+    assert trained == [(3, 1), (4, 2)]
+    changed = checksums(part)
+    assert changed[0] != checksums(full)[0] and changed[1] != checksums(full)[1]
 
 
 def test_run_folder_refuses_other_settings_and_ablation_switches(tmp_path, autoencoder_dir):

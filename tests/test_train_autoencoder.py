@@ -2,13 +2,16 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import checksums, perturb_checkpoint, record_steps
 
+import x2ct.train.autoencoder as autoencoder_script
 from x2ct.autoencoder import CTAutoencoder
 from x2ct.train.autoencoder import main
 from x2ct.train.checkpoint import find_latest_checkpoint
@@ -47,12 +50,8 @@ TINY = [
 ]
 
 
-def checksums(run: Path, rank: int = 0) -> list[str]:
-    return (run / f"weights_rank{rank}.sha256").read_text().split()
-
-
 @pytest.mark.slow
-def test_short_run_writes_model_and_resumes_exactly(tmp_path):
+def test_short_run_writes_model_and_resumes_exactly(tmp_path, monkeypatch, capsys):
     args = TINY + [
         "--max-steps",
         "6",
@@ -78,7 +77,15 @@ def test_short_run_writes_model_and_resumes_exactly(tmp_path):
     main(args + ["--run-dir", str(part), "--stop-after-steps", "3"])
     assert not (part / "model").exists()
     assert find_latest_checkpoint(part / "checkpoints").name == "step_0000002"
+    # Training is deterministic: a rerun that ignored the checkpoint and began again at
+    # step 0 would end with the same weights. It must say where it resumed and train only
+    # the steps left.
+    trained = record_steps(monkeypatch, autoencoder_script)
+    capsys.readouterr()
     main(args + ["--run-dir", str(part)])
+    resumed_from = part / "checkpoints" / "step_0000002"
+    assert f"resumed from {resumed_from} at step 2" in capsys.readouterr().out
+    assert trained == [(3, 1), (4, 2), (5, 3), (6, 4)]  # (step, steps this run)
     assert find_latest_checkpoint(part / "checkpoints").name == "step_0000006"
     # same weights (training model and EMA) as the uninterrupted run
     assert checksums(part) == checksums(full)
@@ -86,6 +93,16 @@ def test_short_run_writes_model_and_resumes_exactly(tmp_path):
     assert resumed.config == model.config
     for (k, a), (_, b) in zip(model.state_dict().items(), resumed.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+
+    # What is resumed is the checkpoint's state: from a changed step-4 checkpoint the last
+    # two steps end elsewhere.
+    shutil.rmtree(part / "checkpoints" / "step_0000006")
+    perturb_checkpoint(part / "checkpoints" / "step_0000004")
+    trained.clear()
+    main(args + ["--run-dir", str(part)])
+    assert trained == [(5, 1), (6, 2)]
+    changed = checksums(part)
+    assert changed[0] != checksums(full)[0] and changed[1] != checksums(full)[1]
 
 
 @pytest.mark.slow
