@@ -6,9 +6,10 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
-from latent_helpers import tiny_reconstructor
+from latent_helpers import CT_SHAPE, SPACING, tiny_reconstructor
 
 from x2ct.eval import evaluate
 
@@ -38,6 +39,27 @@ class TinyFeatures(torch.nn.Module):
 class StandInLPIPS(torch.nn.Module):
     def forward(self, a, b):
         return (a - b).abs().mean(dim=(1, 2, 3))
+
+
+def mean_ct_scores(train_seeds, test_seed, window=(-1000.0, 2000.0)) -> dict[str, float]:
+    """mae_hu, psnr_3d and dice_bone (bone: HU >= 250) of the mean-ct baseline on one
+    lumbar phantom, computed from the phantoms directly (numpy, scikit-image)."""
+    from skimage.metrics import peak_signal_noise_ratio
+
+    from x2ct.data import spine_phantom
+
+    phantom = lambda s: np.clip(spine_phantom(CT_SHAPE, SPACING, seed=s, region="lumbar").hu,
+                                *window).astype(np.float64)
+    pred = np.mean([phantom(s) for s in train_seeds], axis=0)
+    truth = phantom(test_seed)
+    lo, hi = window
+    bone_p, bone_t = pred >= 250.0, truth >= 250.0
+    return {
+        "mae_hu": float(np.abs(pred - truth).mean()),
+        "psnr_3d": peak_signal_noise_ratio((truth - lo) / (hi - lo), (pred - lo) / (hi - lo),
+                                           data_range=1.0),
+        "dice_bone": 2.0 * (bone_p & bone_t).sum() / (bone_p.sum() + bone_t.sum()),
+    }
 
 
 def test_evaluate_phantoms_writes_every_output(models, tmp_path, monkeypatch, capsys):
@@ -87,6 +109,13 @@ def test_evaluate_phantoms_writes_every_output(models, tmp_path, monkeypatch, ca
     assert {(r["method"], r["case"]) for r in lines} == {
         (n, c) for n in names for c in ("phantom_90000", "phantom_90001")}
     assert all(math.isfinite(float(r["psnr_3d_spine"])) for r in lines)
+    # one deterministic case recomputed: the mean of training phantoms 0 and 1 (HU clipped
+    # to the window) against test phantom 90000, MAE by hand, PSNR by scikit-image
+    by_case = {(r["method"], r["case"]): r for r in lines}
+    expected = mean_ct_scores(train_seeds=(0, 1), test_seed=90000)
+    for key, value in expected.items():
+        assert float(by_case[("mean-ct", "phantom_90000")][key]) == pytest.approx(
+            value, rel=2e-5, abs=1e-4), key  # the CSV keeps 6 digits
     table = (out / "table.md").read_text()
     header = table.splitlines()[0]
     assert header.startswith("| method | n | MAE HU |") and "| FID |" in header
