@@ -6,17 +6,22 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from latent_helpers import (  # noqa: F401
+from grad_probe import install
+from latent_helpers import (  # noqa: F401 (one_thread: an autouse fixture)
     CT_SHAPE,
-    PYTHON,
-    REPO,
     SPACING,
     one_thread,
-    run_script,
     tiny_autoencoder,
     train_args,
 )
-from train_helpers import checksums, perturb_checkpoint, record_steps
+from train_helpers import (
+    PROBE,
+    assert_same_gradients,
+    checksums,
+    launch_two_processes,
+    perturb_checkpoint,
+    record_steps,
+)
 
 import x2ct.train.latent as latent_script
 from x2ct.data import spine_centre, spine_phantom
@@ -125,29 +130,32 @@ def test_run_folder_refuses_other_settings_and_ablation_switches(tmp_path, autoe
 
 
 @pytest.mark.slow
-def test_two_processes_end_with_identical_weights(tmp_path, autoencoder_dir):
-    run = tmp_path / "ddp"
-    proc = run_script(
-        [
-            PYTHON,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            "29533",
-            str(REPO / "train" / "latent.py"),
-            *train_args(run, autoencoder_dir, "--max-steps", "3", "--save-every", "2"),
-        ]
+def test_two_processes_train_one_model_with_the_gradient_of_twice_the_batch(
+    tmp_path, autoencoder_dir, monkeypatch
+):
+    """Two processes at batch 2 end with identical weights on both ranks, and step with the
+    gradient one process computes at batch 4 over the same samples (tests/grad_probe.py
+    explains why the gradient, not whole runs, and what it changes; every rendered sample
+    enters the projection loss, so that it too is a mean over samples): a sum over ranks
+    instead of a mean, or ranks drawing other samples than their half, fails."""
+    run, probe = tmp_path / "ddp", tmp_path / "ddp_grads"
+    extra = ["--grad-clip", "0", "--projection-samples", "0"]
+    proc = launch_two_processes(
+        [PROBE, "latent", str(probe),
+         *train_args(run, autoencoder_dir, *extra, "--max-steps", "3", "--save-every", "2")],
+        port=29533,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert checksums(run, 0) == checksums(run, 1)  # both ranks trained one model
+    r0, r1 = checksums(run, 0), checksums(run, 1)
+    assert "processes=2" in r0 and "distributed_type=MULTI_CPU" in r0  # really one group
+    assert r0 == r1  # both ranks trained one model
     assert find_latest_checkpoint(run / "checkpoints").name == "step_0000003"
     assert (run / "model" / "model.safetensors").is_file()
+
+    one = tmp_path / "one_grads"
+    one.mkdir()
+    install("latent", one, monkeypatch.setattr).main(
+        train_args(tmp_path / "one", autoencoder_dir, *extra, "--max-steps", "1",
+                   "--batch-size", "4", "--n-val", "0")
+    )
+    assert_same_gradients(probe, one)

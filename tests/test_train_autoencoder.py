@@ -1,15 +1,20 @@
 """train/autoencoder.py end to end: a short run, exact resume, two processes."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import checksums, perturb_checkpoint, record_steps
+from grad_probe import install
+from train_helpers import (
+    PROBE,
+    assert_same_gradients,
+    checksums,
+    launch_two_processes,
+    perturb_checkpoint,
+    record_steps,
+)
 
 import x2ct.train.autoencoder as autoencoder_script
 from x2ct.autoencoder import CTAutoencoder
@@ -119,40 +124,33 @@ def test_perceptual_weight_without_lpips_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_end_with_identical_weights(tmp_path):
-    run = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29517",
-        str(ROOT / "train" / "autoencoder.py"),
-        *TINY,
-        "--max-steps",
-        "3",
-        "--save-every",
-        "2",
-        "--run-dir",
-        str(run),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+def test_two_processes_train_one_model_with_the_gradient_of_twice_the_batch(
+    tmp_path, monkeypatch
+):
+    """Two processes at batch 2 end with identical weights on both ranks, and step with the
+    gradient one process computes at batch 4 over the same samples (tests/grad_probe.py
+    explains why the gradient, not whole runs, and what it changes): a sum over ranks
+    instead of a mean, or ranks drawing other samples than their half, fails."""
+    args = TINY + ["--grad-clip", "0", "--n-val", "0", "--scaling-volumes", "1"]
+    run, probe = tmp_path / "ddp", tmp_path / "ddp_grads"
+    proc = launch_two_processes(
+        [PROBE, "autoencoder", str(probe), *args, "--max-steps", "3", "--save-every", "2",
+         "--run-dir", str(run)],
+        port=29517,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r0, r1 = checksums(run, 0), checksums(run, 1)
     assert "processes=2" in r0 and "distributed_type=MULTI_CPU" in r0  # really one group
     assert r0 == r1  # training weights and EMA identical on both ranks
     assert (run / "model" / "model.safetensors").is_file()
     assert find_latest_checkpoint(run / "checkpoints").name == "step_0000003"
+
+    one = tmp_path / "one_grads"
+    one.mkdir()
+    install("autoencoder", one, monkeypatch.setattr).main(
+        args + ["--batch-size", "4", "--max-steps", "1", "--run-dir", str(tmp_path / "one")]
+    )
+    assert_same_gradients(probe, one)
 
 
 @pytest.mark.slow
