@@ -159,3 +159,85 @@ def test_two_processes_train_one_model_with_the_gradient_of_twice_the_batch(
                    "--batch-size", "4", "--n-val", "0")
     )
     assert_same_gradients(probe, one)
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """Accelerate keeps one process state per interpreter and refuses another mixed
+    precision once it is set: reset it around a test that changes it."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_grad_accum_and_mixed_precision_change_the_step_as_documented(
+    tmp_path, autoencoder_dir, monkeypatch, fresh_accelerator_state
+):
+    """--grad-accum 2 at batch 2 steps with the gradient of batch 4 over the same samples
+    (train/sampling.py: micro-step k of a step takes the next batch); --mixed-precision
+    bf16 steps with a gradient within 5% of float32's and not equal to it (0.4% on this
+    CPU). Gradients as tests/grad_probe.py saves them, one step each."""
+    from accelerate.state import AcceleratorState
+    from safetensors.torch import load_file
+
+    grads = tmp_path / "grads"
+    grads.mkdir()
+    script = install("latent", grads, monkeypatch.setattr)
+    extra = ["--grad-clip", "0", "--projection-samples", "0", "--max-steps", "1", "--n-val", "0"]
+    runs = {
+        "batch4": ["--batch-size", "4"],
+        "accum": ["--batch-size", "2", "--grad-accum", "2"],
+        "bf16": ["--batch-size", "4", "--mixed-precision", "bf16"],
+    }
+    got = {}
+    for name, flags in runs.items():
+        AcceleratorState._reset_state(reset_partial_state=True)
+        script.main(train_args(tmp_path / name, autoencoder_dir, *extra, *flags))
+        saved = grads / "grad_rank0.safetensors"
+        assert saved.is_file(), f"{name}: the optimiser never stepped"
+        got[name] = load_file(str(saved.rename(grads / name)))
+    ref = got["batch4"]
+    scale = max(float(g.abs().max()) for g in ref.values())
+    for k, g in ref.items():
+        torch.testing.assert_close(got["accum"][k], g, rtol=1e-3, atol=1e-5 * scale, msg=k)
+    bf16 = max(float((got["bf16"][k] - g).abs().max()) for k, g in ref.items()) / scale
+    assert 1e-5 < bf16 < 5e-2, bf16
+
+
+def test_regions_and_shift_reach_the_training_phantoms(tmp_path, autoencoder_dir):
+    """--regions lumbar thoracic draws seed s in region s % 2 and --max-shift-mm 16 moves
+    each phantom by its own offset: the model's spine_position (the mean spine centre of
+    the training CTs) is that of those phantoms, made here with spine_phantom."""
+    from x2ct.data import phantom_offset
+
+    run = tmp_path / "run"
+    main(train_args(run, autoencoder_dir, "--max-steps", "1", "--n-val", "0", "--regions",
+                    "lumbar", "thoracic", "--max-shift-mm", "16"))
+    window = (-1000.0, 2000.0)
+
+    def centre(seed, region, offset=(0.0, 0.0, 0.0)):
+        hu = spine_phantom(CT_SHAPE, SPACING, seed=seed, region=region, offset_mm=offset).hu
+        return spine_centre(np.clip(hu, *window))
+
+    regions = ["lumbar", "thoracic"]
+    expected = np.mean([centre(s, regions[s % 2], phantom_offset(s, 16.0)) for s in range(4)], 0)
+    plain = np.mean([centre(s, "lumbar") for s in range(4)], 0)
+    position = Reconstructor.from_pretrained(run / "model").config.spine_position
+    assert position == pytest.approx(tuple(expected), abs=1e-4)
+    assert np.abs(np.asarray(position) - plain).max() > 0.1  # the flags changed the data
+
+
+def test_max_minutes_stops_the_run_and_zero_means_no_limit(tmp_path, autoencoder_dir,
+                                                           monkeypatch):
+    """A budget spent before the first step trains nothing, yet saves the model; 0 (as in
+    every other test here) trains all --max-steps."""
+    trained = record_steps(monkeypatch, latent_script)
+    args = ["--n-val", "0", "--max-steps", "2"]
+    main(train_args(tmp_path / "spent", autoencoder_dir, *args, "--max-minutes", "1e-9"))
+    assert trained == []
+    assert json.loads((tmp_path / "spent" / "metrics.json").read_text())["step"] == 0
+    assert (tmp_path / "spent" / "model" / "model.safetensors").is_file()
+    main(train_args(tmp_path / "open", autoencoder_dir, *args, "--max-minutes", "0"))
+    assert trained == [(1, 1), (2, 2)]
