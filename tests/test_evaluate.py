@@ -11,6 +11,7 @@ import pytest
 import torch
 from latent_helpers import CT_SHAPE, SPACING, tiny_reconstructor
 
+from x2ct.data import spine_phantom
 from x2ct.eval import evaluate
 
 CASE_KEYS = ("mae_hu", "psnr_3d", "ssim_3d", "psnr_2d_mean", "ssim_2d_mean", "mae_hu_spine",
@@ -46,8 +47,6 @@ def mean_ct_scores(train_seeds, test_seed, window=(-1000.0, 2000.0)) -> dict[str
     lumbar phantom, computed from the phantoms directly (numpy, scikit-image)."""
     from skimage.metrics import peak_signal_noise_ratio
 
-    from x2ct.data import spine_phantom
-
     phantom = lambda s: np.clip(spine_phantom(CT_SHAPE, SPACING, seed=s, region="lumbar").hu,
                                 *window).astype(np.float64)
     pred = np.mean([phantom(s) for s in train_seeds], axis=0)
@@ -71,7 +70,7 @@ def test_evaluate_phantoms_writes_every_output(models, tmp_path, monkeypatch, ca
         "--model", str(models / "a" / "model"), "--model", f"second={models / 'b' / 'model'}",
         "--autoencoder", str(models / "a" / "model" / "autoencoder"), "--baseline", "mean-ct",
         "--phantoms", "2", "--n-train-mean", "2", "--batch-size", "2", "--steps", "2",
-        "--sampler", "ddim", "--fid-net", str(fid_net), "--fid-slices", "4",
+        "--sampler", "ddim", "--num-samples", "2", "--fid-net", str(fid_net), "--fid-slices", "4",
         "--lpips-slices", "2", "--out", str(out), "--no-progress",
     ])
     saved = json.loads((out / "summary.json").read_text())
@@ -79,7 +78,7 @@ def test_evaluate_phantoms_writes_every_output(models, tmp_path, monkeypatch, ca
                 "unavailable", "figures"):
         assert key in saved, key
     s = saved["settings"]
-    assert (s["sampler"], s["steps"], s["num_samples"], s["batch_size"]) == ("ddim", 2, 1, 2)
+    assert (s["sampler"], s["steps"], s["num_samples"], s["batch_size"]) == ("ddim", 2, 2, 2)
     assert s["data"] == {"kind": "phantoms", "n": 2, "seed": 90000, "region": "lumbar",
                          "max_shift_mm": 0.0}
     assert set(saved["git"]) == {"commit", "dirty"}
@@ -96,7 +95,7 @@ def test_evaluate_phantoms_writes_every_output(models, tmp_path, monkeypatch, ca
         assert row["fid"] >= 0 and row["fid_slices"] == 2 * 3 * 4 and row["fid_features"] == 4
     by_name = {r["name"]: r for r in saved["rows"]}
     assert by_name["a"]["settings"] == {"sampler": "ddim", "steps": 2, "guidance_scale": 1.0,
-                                        "num_samples": 1}
+                                        "num_samples": 2}
     # different weights, different reconstructions
     assert by_name["a"]["metrics"]["mae_hu"] != by_name["second"]["metrics"]["mae_hu"]
     assert by_name["mean-ct"]["averaged"] == {"phantom_seeds": [0, 1]}
@@ -116,6 +115,21 @@ def test_evaluate_phantoms_writes_every_output(models, tmp_path, monkeypatch, ca
     for key, value in expected.items():
         assert float(by_case[("mean-ct", "phantom_90000")][key]) == pytest.approx(
             value, rel=2e-5, abs=1e-4), key  # the CSV keeps 6 digits
+    # and model a's: the mean of the two samples the library draws for both cases (one
+    # batch, --seed 0) from the phantoms' X-rays
+    from x2ct.data import PhantomDataset
+    from x2ct.diffusion import Reconstructor
+
+    recon = Reconstructor.from_pretrained(models / "a" / "model")
+    data = PhantomDataset(2, seed=90000, shape=CT_SHAPE, spacing=SPACING, geometry=recon.geometry,
+                          xray_scale=recon.config.xray_scale, cache_size=0)
+    gt = [torch.from_numpy(np.clip(spine_phantom(CT_SHAPE, SPACING, seed=90000 + i).hu,
+                                   -1000.0, 2000.0)) for i in range(2)]
+    pred = recon(torch.stack([data[i]["xrays"] for i in range(2)]), sampler="ddim", steps=2,
+                 num_samples=2, generator=torch.Generator().manual_seed(0)).hu
+    for i, case in enumerate(("phantom_90000", "phantom_90001")):
+        mae = float((pred[i, 0].clamp(-1000.0, 2000.0) - gt[i]).abs().mean())
+        assert float(by_case[("a", case)]["mae_hu"]) == pytest.approx(mae, rel=1e-4), case
     table = (out / "table.md").read_text()
     header = table.splitlines()[0]
     assert header.startswith("| method | n | MAE HU |") and "| FID |" in header
