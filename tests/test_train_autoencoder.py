@@ -127,11 +127,12 @@ def test_perceptual_weight_without_lpips_is_a_clear_error(tmp_path):
 def test_two_processes_train_one_model_with_the_gradient_of_twice_the_batch(
     tmp_path, monkeypatch
 ):
-    """Two processes at batch 2 end with identical weights on both ranks, and step with the
-    gradient one process computes at batch 4 over the same samples (tests/grad_probe.py
+    """Two processes at batch 1 end with identical weights on both ranks, and step with the
+    gradient one process computes at batch 2 over the same samples (tests/grad_probe.py
     explains why the gradient, not whole runs, and what it changes): a sum over ranks
     instead of a mean, or ranks drawing other samples than their half, fails."""
     args = TINY + ["--grad-clip", "0", "--n-val", "0", "--scaling-volumes", "1"]
+    args += ["--batch-size", "1"]
     run, probe = tmp_path / "ddp", tmp_path / "ddp_grads"
     proc = launch_two_processes(
         [PROBE, "autoencoder", str(probe), *args, "--max-steps", "3", "--save-every", "2",
@@ -148,7 +149,7 @@ def test_two_processes_train_one_model_with_the_gradient_of_twice_the_batch(
     one = tmp_path / "one_grads"
     one.mkdir()
     install("autoencoder", one, monkeypatch.setattr).main(
-        args + ["--batch-size", "4", "--max-steps", "1", "--run-dir", str(tmp_path / "one")]
+        args + ["--batch-size", "2", "--max-steps", "1", "--run-dir", str(tmp_path / "one")]
     )
     assert_same_gradients(probe, one)
 
