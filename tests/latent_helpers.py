@@ -3,11 +3,6 @@ test_reconstruct (kept CPU-fast: 16^3 CT, 4^3 latents, a 16 x 16 detector)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -15,7 +10,6 @@ from x2ct.autoencoder import AutoencoderConfig, CTAutoencoder
 from x2ct.data import default_geometry
 from x2ct.diffusion import LatentDenoiser, LatentDiffusionConfig, Reconstructor
 
-REPO = Path(__file__).resolve().parents[1]
 CT_SHAPE = (16, 16, 16)
 SPACING = (8.0, 8.0, 8.0)  # mm: 16 voxels cover 128 mm, enough to show a vertebra
 
@@ -127,17 +121,3 @@ def train_args(run_dir, autoencoder_dir, *extra: str) -> list[str]:
         *TINY_SET,
         *extra,
     ]
-
-
-def run_script(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run a command from the repository root with a CPU-only, quiet environment."""
-    env = {
-        **os.environ,
-        "CUDA_VISIBLE_DEVICES": "",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONWARNINGS": "ignore",
-    }
-    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-PYTHON = sys.executable

@@ -171,7 +171,8 @@ def test_tiling_error_shrinks_with_tile_size():
             rel_y.append(float((y_t - y).norm() / y.norm()))
     assert rel_z[0] > rel_z[1] > rel_z[2] == 0.0, rel_z
     assert rel_y[0] > rel_y[1] > rel_y[2] == 0.0, rel_y
-    assert rel_z[1] < 0.5 and rel_y[1] < 1.0
+    # 24^3 tiles at 50% overlap: 0.18 and 0.46 on this CPU (seeded); 16^3 tiles: 0.35, 1.02
+    assert rel_z[1] < 0.25 and rel_y[1] < 0.6
 
 
 def test_automatic_tiling_above_threshold(monkeypatch):

@@ -1,5 +1,7 @@
 """python -m x2ct.autoencoder: encode, decode, roundtrip, evaluate, and its errors."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -74,16 +76,29 @@ def test_encode_decode_roundtrip_files(tmp_path, model_dir, ct_path, capsys):
     capsys.readouterr()
     assert main(["roundtrip", str(ct_path), "--model", str(model_dir), "--out", str(recon)]) == 0
     printed = capsys.readouterr().out
-    assert "PSNR" in printed and "SSIM" in printed and "MAE" in printed and "HU" in printed
     rec = data.load_ct(recon)
     assert rec.hu.shape == (15, 17, 14)
+    # the printed scores are ct_metrics of the written round trip against the input at the
+    # model's spacing (as printed: 2, 4 and 1 decimals)
+    from x2ct.eval.metrics import ct_metrics
+
+    src_hu, _, _ = resample_to_spacing(
+        np.asarray(src.hu, np.float32), src.spacing, np.asarray(src.affine), (2.0, 2.0, 2.0)
+    )
+    m = ct_metrics(rec.hu, src_hu, CTAutoencoder.from_pretrained(model_dir).config.hu_window)
+    assert f"PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}  MAE {m['mae_hu']:.1f} HU" in printed
     # decode(encode) through files equals roundtrip in memory
     np.testing.assert_allclose(rec.hu, ct.hu, atol=1e-2)
 
 
 def test_evaluate_prints_metrics(model_dir, capsys, tmp_path):
+    """The numbers are ct_metrics of the model's round trip of each phantom, recomputed
+    here, and their mean."""
+    from x2ct.data.phantom import spine_phantom
+    from x2ct.eval.metrics import ct_metrics
+
     out = tmp_path / "m.json"
-    main(
+    code = main(
         [
             "evaluate",
             "--model",
@@ -100,13 +115,23 @@ def test_evaluate_prints_metrics(model_dir, capsys, tmp_path):
             str(out),
         ]
     )
+    assert code == 0
     printed = capsys.readouterr().out
     assert "seed 90000" in printed and "seed 90001" in printed and "mean over 2" in printed
-    import json
-
     numbers = json.loads(out.read_text())
     assert set(numbers["mean"]) == {"psnr", "ssim", "mae_hu"}
-    assert len(numbers["per_seed"]) == 2
+    assert [r["seed"] for r in numbers["per_seed"]] == [90000, 90001]
+    model = CTAutoencoder.from_pretrained(model_dir)
+    for row in numbers["per_seed"]:
+        hu = torch.from_numpy(spine_phantom((24, 24, 24), (2.0, 2.0, 2.0), seed=row["seed"]).hu)
+        with torch.no_grad():
+            rec = model.output_to_hu(model.reconstruct(model.hu_to_input(hu)[None, None]))
+        expected = ct_metrics(rec[0, 0], hu, model.config.hu_window)
+        for k, v in expected.items():
+            assert row[k] == pytest.approx(v, rel=1e-5), (row["seed"], k)
+    for k, v in numbers["mean"].items():
+        assert v == pytest.approx(np.mean([r[k] for r in numbers["per_seed"]]), rel=1e-12)
+    assert f"PSNR {numbers['mean']['psnr']:.2f}" in printed
 
 
 def test_errors_before_compute(tmp_path, model_dir, ct_path, capsys):

@@ -6,7 +6,6 @@ import types
 import pytest
 import torch
 
-from x2ct.autoencoder import losses
 from x2ct.autoencoder.losses import (
     PerceptualLoss,
     ProjectionLoss,
@@ -99,12 +98,15 @@ def test_lpips_missing_weights_gives_a_message(monkeypatch):
 
 
 def test_perceptual_loss_with_a_stand_in_network(monkeypatch):
-    """With a working LPIPS (here a stand-in), the loss is 0 for identical volumes and
-    positive otherwise, on slices of all three planes."""
+    """With a working LPIPS (here a stand-in: mean |a - b| per image), the loss is 0 for
+    identical volumes and otherwise the mean over the three planes of the stand-in over
+    max_slices evenly spaced 3-channel slices of each."""
+    seen = []
 
     class FakeLPIPS(torch.nn.Module):
         def forward(self, a, b):
-            assert a.shape[1] == 3 and a.ndim == 4
+            assert a.shape[1] == 3 and a.ndim == 4 and a.shape == b.shape
+            seen.append(tuple(a.shape))
             return (a - b).abs().mean(dim=(1, 2, 3))
 
     fake = types.ModuleType("lpips")
@@ -113,12 +115,18 @@ def test_perceptual_loss_with_a_stand_in_network(monkeypatch):
     lpips_status.cache_clear()
     try:
         loss = PerceptualLoss(max_slices=4)
-        x = volume()
+        x, y = volume((8, 10, 12), seed=0), volume((8, 10, 12), seed=1)
         assert float(loss(x, x)) == 0.0
-        assert float(loss(x * 0.5, x)) > 0
+        seen.clear()
+        value = float(loss(y, x))
     finally:
         lpips_status.cache_clear()
-    assert losses is not None
+    assert seen == [(4, 3, 10, 12), (4, 3, 8, 12), (4, 3, 8, 10)]  # X, Y and Z slices
+    expected = 0.0
+    for axis in (2, 3, 4):
+        idx = torch.linspace(0, x.shape[axis] - 1, 4).round().long()
+        expected += float((y.index_select(axis, idx) - x.index_select(axis, idx)).abs().mean())
+    assert value == pytest.approx(expected / 3, rel=1e-6)
 
 
 def test_projection_loss():

@@ -39,8 +39,9 @@ def test_config_and_latent(model, phantom):
     with torch.no_grad():
         z = model.encode(x)
     assert z.shape == (1, c.latent_channels, 16, 16, 16)
-    # scaled latents are about unit variance (fitted on training phantoms)
-    assert 0.5 < float(z.std()) < 2.0 and abs(float(z.mean())) < 0.5
+    # scaled latents have unit variance and zero mean on training phantoms (the fit); a
+    # held-out phantom of the same kind gives std 0.99, mean -0.01 (this CPU): within 10%
+    assert 0.9 < float(z.std()) < 1.1 and abs(float(z.mean())) < 0.1
 
 
 @pytest.mark.slow

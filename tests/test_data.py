@@ -394,13 +394,60 @@ def test_bad_xray_files(tmp_path):
         save_xray_png(tmp_path / "x.tif", np.zeros((4, 4)))
 
 
-def test_dicom_needs_pydicom(tmp_path):
-    pytest.importorskip("PIL")
-    try:
-        import pydicom  # noqa: F401
-    except ImportError:
-        (tmp_path / "a.dcm").write_bytes(b"\0" * 200)
-        with pytest.raises(ImportError, match="pip install pydicom"):
-            load_xray(tmp_path / "a.dcm")
+def write_dicom_xray(path, pixels: np.ndarray, photometric: str, bits_stored: int = 12):
+    """A minimal digital X-ray (DX, For Presentation) DICOM file: unsigned 16-bit
+    allocated, ``bits_stored`` used, explicit VR little endian with a proper file meta."""
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # DX Image Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits_stored, bits_stored - 1
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+    if int(pydicom.__version__.split(".")[0]) >= 3:
+        ds.save_as(path, enforce_file_format=True)
     else:
-        pytest.skip("pydicom is installed")
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.save_as(path, write_like_original=False)
+    return path
+
+
+def test_dicom_xrays_monochrome1_and_2(tmp_path):
+    """A 12-bit DICOM radiograph reads as value / 4095 (bone bright, as PNGs): MONOCHROME2
+    as stored, MONOCHROME1 (bone dark) inverted; rows and columns as in the file."""
+    pytest.importorskip("pydicom")
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 4096, size=(12, 20), dtype=np.uint16)
+    pixels[0, :3] = (0, 4095, 2048)
+    m2 = write_dicom_xray(tmp_path / "m2.dcm", pixels, "MONOCHROME2")
+    m1 = write_dicom_xray(tmp_path / "m1.dicom", pixels, "MONOCHROME1")
+    a2, a1 = load_xray(m2), load_xray(m1)
+    assert a2.shape == (12, 20) and a2.dtype == np.float32
+    np.testing.assert_allclose(a2, pixels / 4095.0, atol=1e-6)
+    np.testing.assert_allclose(a1, 1.0 - pixels / 4095.0, atol=1e-6)
+    assert a2[0, 0] == 0.0 and a2[0, 1] == 1.0 and a1[0, 0] == 1.0 and a1[0, 1] == 0.0
+    with pytest.warns(UserWarning, match="resized"):
+        assert load_xray(m2, shape=(6, 10)).shape == (6, 10)
+    (tmp_path / "junk.dcm").write_bytes(b"\0" * 200)
+    with pytest.raises(ValueError, match="junk.dcm"):
+        load_xray(tmp_path / "junk.dcm")
+
+
+def test_dicom_needs_pydicom(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pydicom", None)  # import pydicom raises ImportError
+    (tmp_path / "a.dcm").write_bytes(b"\0" * 200)
+    with pytest.raises(ImportError, match="pip install pydicom"):
+        load_xray(tmp_path / "a.dcm")

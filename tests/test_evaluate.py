@@ -6,10 +6,12 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
-from latent_helpers import tiny_reconstructor
+from latent_helpers import CT_SHAPE, SPACING, tiny_reconstructor
 
+from x2ct.data import spine_phantom
 from x2ct.eval import evaluate
 
 CASE_KEYS = ("mae_hu", "psnr_3d", "ssim_3d", "psnr_2d_mean", "ssim_2d_mean", "mae_hu_spine",
@@ -40,6 +42,25 @@ class StandInLPIPS(torch.nn.Module):
         return (a - b).abs().mean(dim=(1, 2, 3))
 
 
+def mean_ct_scores(train_seeds, test_seed, window=(-1000.0, 2000.0)) -> dict[str, float]:
+    """mae_hu, psnr_3d and dice_bone (bone: HU >= 250) of the mean-ct baseline on one
+    lumbar phantom, computed from the phantoms directly (numpy, scikit-image)."""
+    from skimage.metrics import peak_signal_noise_ratio
+
+    phantom = lambda s: np.clip(spine_phantom(CT_SHAPE, SPACING, seed=s, region="lumbar").hu,
+                                *window).astype(np.float64)
+    pred = np.mean([phantom(s) for s in train_seeds], axis=0)
+    truth = phantom(test_seed)
+    lo, hi = window
+    bone_p, bone_t = pred >= 250.0, truth >= 250.0
+    return {
+        "mae_hu": float(np.abs(pred - truth).mean()),
+        "psnr_3d": peak_signal_noise_ratio((truth - lo) / (hi - lo), (pred - lo) / (hi - lo),
+                                           data_range=1.0),
+        "dice_bone": 2.0 * (bone_p & bone_t).sum() / (bone_p.sum() + bone_t.sum()),
+    }
+
+
 def test_evaluate_phantoms_writes_every_output(models, tmp_path, monkeypatch, capsys):
     fid_net = tmp_path / "features.pt"
     torch.jit.script(TinyFeatures()).save(str(fid_net))
@@ -49,7 +70,7 @@ def test_evaluate_phantoms_writes_every_output(models, tmp_path, monkeypatch, ca
         "--model", str(models / "a" / "model"), "--model", f"second={models / 'b' / 'model'}",
         "--autoencoder", str(models / "a" / "model" / "autoencoder"), "--baseline", "mean-ct",
         "--phantoms", "2", "--n-train-mean", "2", "--batch-size", "2", "--steps", "2",
-        "--sampler", "ddim", "--fid-net", str(fid_net), "--fid-slices", "4",
+        "--sampler", "ddim", "--num-samples", "2", "--fid-net", str(fid_net), "--fid-slices", "4",
         "--lpips-slices", "2", "--out", str(out), "--no-progress",
     ])
     saved = json.loads((out / "summary.json").read_text())
@@ -57,7 +78,7 @@ def test_evaluate_phantoms_writes_every_output(models, tmp_path, monkeypatch, ca
                 "unavailable", "figures"):
         assert key in saved, key
     s = saved["settings"]
-    assert (s["sampler"], s["steps"], s["num_samples"], s["batch_size"]) == ("ddim", 2, 1, 2)
+    assert (s["sampler"], s["steps"], s["num_samples"], s["batch_size"]) == ("ddim", 2, 2, 2)
     assert s["data"] == {"kind": "phantoms", "n": 2, "seed": 90000, "region": "lumbar"}
     assert s["move"] is None
     assert set(saved["git"]) == {"commit", "dirty"}
@@ -74,7 +95,7 @@ def test_evaluate_phantoms_writes_every_output(models, tmp_path, monkeypatch, ca
         assert row["fid"] >= 0 and row["fid_slices"] == 2 * 3 * 4 and row["fid_features"] == 4
     by_name = {r["name"]: r for r in saved["rows"]}
     assert by_name["a"]["settings"] == {"sampler": "ddim", "steps": 2, "guidance_scale": 1.0,
-                                        "num_samples": 1}
+                                        "num_samples": 2}
     # different weights, different reconstructions
     assert by_name["a"]["metrics"]["mae_hu"] != by_name["second"]["metrics"]["mae_hu"]
     assert by_name["mean-ct"]["averaged"] == {"phantom_seeds": [0, 1]}
@@ -87,6 +108,28 @@ def test_evaluate_phantoms_writes_every_output(models, tmp_path, monkeypatch, ca
     assert {(r["method"], r["case"]) for r in lines} == {
         (n, c) for n in names for c in ("phantom_90000", "phantom_90001")}
     assert all(math.isfinite(float(r["psnr_3d_spine"])) for r in lines)
+    # one deterministic case recomputed: the mean of training phantoms 0 and 1 (HU clipped
+    # to the window) against test phantom 90000, MAE by hand, PSNR by scikit-image
+    by_case = {(r["method"], r["case"]): r for r in lines}
+    expected = mean_ct_scores(train_seeds=(0, 1), test_seed=90000)
+    for key, value in expected.items():
+        assert float(by_case[("mean-ct", "phantom_90000")][key]) == pytest.approx(
+            value, rel=2e-5, abs=1e-4), key  # the CSV keeps 6 digits
+    # and model a's: the mean of the two samples the library draws for both cases (one
+    # batch, --seed 0) from the phantoms' X-rays
+    from x2ct.data import PhantomDataset
+    from x2ct.diffusion import Reconstructor
+
+    recon = Reconstructor.from_pretrained(models / "a" / "model")
+    data = PhantomDataset(2, seed=90000, shape=CT_SHAPE, spacing=SPACING, geometry=recon.geometry,
+                          xray_scale=recon.config.xray_scale, cache_size=0)
+    gt = [torch.from_numpy(np.clip(spine_phantom(CT_SHAPE, SPACING, seed=90000 + i).hu,
+                                   -1000.0, 2000.0)) for i in range(2)]
+    pred = recon(torch.stack([data[i]["xrays"] for i in range(2)]), sampler="ddim", steps=2,
+                 num_samples=2, generator=torch.Generator().manual_seed(0)).hu
+    for i, case in enumerate(("phantom_90000", "phantom_90001")):
+        mae = float((pred[i, 0].clamp(-1000.0, 2000.0) - gt[i]).abs().mean())
+        assert float(by_case[("a", case)]["mae_hu"]) == pytest.approx(mae, rel=1e-4), case
     table = (out / "table.md").read_text()
     header = table.splitlines()[0]
     assert header.startswith("| method | n | MAE HU |") and "| FID |" in header

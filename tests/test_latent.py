@@ -1,29 +1,33 @@
 """train/latent.py end to end on a tiny model: outputs, exact resume, two processes."""
 
 import json
+import shutil
 
 import pytest
 import torch
-from latent_helpers import (  # noqa: F401
+from grad_probe import install
+from latent_helpers import (  # noqa: F401 (one_thread: an autouse fixture)
     CT_SHAPE,
-    PYTHON,
-    REPO,
     SPACING,
     one_thread,
-    run_script,
     tiny_autoencoder,
     train_args,
 )
 from safetensors.torch import load_file
+from train_helpers import (
+    PROBE,
+    assert_same_gradients,
+    checksums,
+    launch_two_processes,
+    perturb_checkpoint,
+    record_steps,
+)
 
+import x2ct.train.latent as latent_script
 from x2ct.diffusion import Reconstructor
 from x2ct.projector import AcquisitionRange
 from x2ct.train.checkpoint import find_latest_checkpoint
 from x2ct.train.latent import main
-
-
-def checksums(run, rank: int = 0) -> list[str]:
-    return (run / f"weights_rank{rank}.sha256").read_text().split()
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +36,9 @@ def autoencoder_dir(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_training_writes_the_pipeline_and_resumes_exactly(tmp_path, autoencoder_dir):
+def test_training_writes_the_pipeline_and_resumes_exactly(
+    tmp_path, autoencoder_dir, monkeypatch, capsys
+):
     steps = ["--max-steps", "4", "--save-every", "2", "--val-every", "2"]
     full = tmp_path / "full"
     main(train_args(full, autoencoder_dir, *steps))
@@ -68,11 +74,28 @@ def test_training_writes_the_pipeline_and_resumes_exactly(tmp_path, autoencoder_
     main(train_args(part, autoencoder_dir, *steps, "--stop-after-steps", "3"))
     assert not (part / "model").exists()
     assert find_latest_checkpoint(part / "checkpoints").name == "step_0000002"
+    # Training is deterministic, so a rerun that ignored the checkpoint and started again
+    # from step 0 would end with the same weights: the rerun must say where it resumed and
+    # train only the steps left.
+    trained = record_steps(monkeypatch, latent_script)
+    capsys.readouterr()
     main(train_args(part, autoencoder_dir, *steps))
+    assert "resumed from step_0000002 at step 2" in capsys.readouterr().out
+    assert trained == [(3, 1), (4, 2)]  # (step, steps this run)
     assert checksums(part) == checksums(full)  # training weights and EMA
     a = Reconstructor.from_pretrained(part / "model").denoiser.state_dict()
     for k, v in recon.denoiser.state_dict().items():
         torch.testing.assert_close(a[k], v, rtol=0, atol=0, msg=k)
+
+    # and what is resumed is the checkpoint's state: from a changed step-2 checkpoint the
+    # same two steps end elsewhere
+    shutil.rmtree(part / "checkpoints" / "step_0000004")
+    perturb_checkpoint(part / "checkpoints" / "step_0000002")
+    trained.clear()
+    main(train_args(part, autoencoder_dir, *steps))
+    assert trained == [(3, 1), (4, 2)]
+    changed = checksums(part)
+    assert changed[0] != checksums(full)[0] and changed[1] != checksums(full)[1]
 
 
 def test_run_folder_refuses_other_settings_and_ablation_switches(tmp_path, autoencoder_dir):
@@ -114,29 +137,113 @@ def test_run_folder_refuses_other_settings_and_ablation_switches(tmp_path, autoe
 
 
 @pytest.mark.slow
-def test_two_processes_end_with_identical_weights(tmp_path, autoencoder_dir):
-    run = tmp_path / "ddp"
-    proc = run_script(
-        [
-            PYTHON,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            "29533",
-            str(REPO / "train" / "latent.py"),
-            *train_args(run, autoencoder_dir, "--max-steps", "3", "--save-every", "2"),
-        ]
+def test_two_processes_train_one_model_with_the_gradient_of_twice_the_batch(
+    tmp_path, autoencoder_dir, monkeypatch
+):
+    """Two processes at batch 2 end with identical weights on both ranks, and step with the
+    gradient one process computes at batch 4 over the same samples (tests/grad_probe.py
+    explains why the gradient, not whole runs, and what it changes; every rendered sample
+    enters the projection loss, so that it too is a mean over samples): a sum over ranks
+    instead of a mean, or ranks drawing other samples than their half, fails."""
+    run, probe = tmp_path / "ddp", tmp_path / "ddp_grads"
+    extra = ["--grad-clip", "0", "--projection-samples", "0"]
+    proc = launch_two_processes(
+        [PROBE, "latent", str(probe),
+         *train_args(run, autoencoder_dir, *extra, "--max-steps", "3", "--save-every", "2")],
+        port=29533,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert checksums(run, 0) == checksums(run, 1)  # both ranks trained one model
+    r0, r1 = checksums(run, 0), checksums(run, 1)
+    assert "processes=2" in r0 and "distributed_type=MULTI_CPU" in r0  # really one group
+    assert r0 == r1  # both ranks trained one model
     assert find_latest_checkpoint(run / "checkpoints").name == "step_0000003"
     assert (run / "model" / "model.safetensors").is_file()
+
+    one = tmp_path / "one_grads"
+    one.mkdir()
+    install("latent", one, monkeypatch.setattr).main(
+        train_args(tmp_path / "one", autoencoder_dir, *extra, "--max-steps", "1",
+                   "--batch-size", "4", "--n-val", "0")
+    )
+    assert_same_gradients(probe, one)
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """Accelerate keeps one process state per interpreter and refuses another mixed
+    precision once it is set: reset it around a test that changes it."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_grad_accum_and_mixed_precision_change_the_step_as_documented(
+    tmp_path, autoencoder_dir, monkeypatch, fresh_accelerator_state
+):
+    """--grad-accum 2 at batch 2 steps with the gradient of batch 4 over the same samples
+    (train/sampling.py: micro-step k of a step takes the next batch); --mixed-precision
+    bf16 steps with a gradient within 5% of float32's and not equal to it (0.4% on this
+    CPU). Gradients as tests/grad_probe.py saves them, one step each."""
+    from accelerate.state import AcceleratorState
+    from safetensors.torch import load_file
+
+    grads = tmp_path / "grads"
+    grads.mkdir()
+    script = install("latent", grads, monkeypatch.setattr)
+    extra = ["--grad-clip", "0", "--projection-samples", "0", "--max-steps", "1", "--n-val", "0"]
+    runs = {
+        "batch4": ["--batch-size", "4"],
+        "accum": ["--batch-size", "2", "--grad-accum", "2"],
+        "bf16": ["--batch-size", "4", "--mixed-precision", "bf16"],
+    }
+    got = {}
+    for name, flags in runs.items():
+        AcceleratorState._reset_state(reset_partial_state=True)
+        script.main(train_args(tmp_path / name, autoencoder_dir, *extra, *flags))
+        saved = grads / "grad_rank0.safetensors"
+        assert saved.is_file(), f"{name}: the optimiser never stepped"
+        got[name] = load_file(str(saved.rename(grads / name)))
+    ref = got["batch4"]
+    scale = max(float(g.abs().max()) for g in ref.values())
+    for k, g in ref.items():
+        torch.testing.assert_close(got["accum"][k], g, rtol=1e-3, atol=1e-5 * scale, msg=k)
+    bf16 = max(float((got["bf16"][k] - g).abs().max()) for k, g in ref.items()) / scale
+    assert 1e-5 < bf16 < 5e-2, bf16
+
+
+def test_regions_and_placement_reach_the_training_cases(tmp_path, autoencoder_dir):
+    """--regions lumbar thoracic draws seed s in region s % 2; with --placement 0 0 0 and
+    one fixed acquisition the cached X-rays are exactly the centred whole-body cases of
+    those phantoms (x2ct.data.phantom_case), and the default placement moves them."""
+    from x2ct.data import default_geometry, phantom_case
+
+    geometry = default_geometry(CT_SHAPE, SPACING)
+    m = geometry.magnification
+    fixed = ["--sad-range", str(geometry.sad), str(geometry.sad), "--magnification-range",
+             str(m), str(m), "--angle-jitter", "0", "--xray-style", "0", "--placements", "1"]
+    common = ["--max-steps", "1", "--n-val", "0", "--regions", "lumbar", "thoracic", *fixed]
+    main(train_args(tmp_path / "centred", autoencoder_dir, *common, "--placement", "0", "0", "0"))
+    main(train_args(tmp_path / "moved", autoencoder_dir, *common))
+    centred = load_file(tmp_path / "centred" / "latent_cache.safetensors")["drr"]
+    moved = load_file(tmp_path / "moved" / "latent_cache.safetensors")["drr"]
+    regions = ["lumbar", "thoracic"]
+    for s in range(4):
+        case = phantom_case(s, regions[s % 2], CT_SHAPE, SPACING, geometry)
+        torch.testing.assert_close(centred[s], case.drr, rtol=1e-4, atol=1e-4)
+        assert float((moved[s] - case.drr).abs().max()) > 0.05
+
+
+def test_max_minutes_stops_the_run_and_zero_means_no_limit(tmp_path, autoencoder_dir,
+                                                           monkeypatch):
+    """A budget spent before the first step trains nothing, yet saves the model; 0 (as in
+    every other test here) trains all --max-steps."""
+    trained = record_steps(monkeypatch, latent_script)
+    args = ["--n-val", "0", "--max-steps", "2"]
+    main(train_args(tmp_path / "spent", autoencoder_dir, *args, "--max-minutes", "1e-9"))
+    assert trained == []
+    assert json.loads((tmp_path / "spent" / "metrics.json").read_text())["step"] == 0
+    assert (tmp_path / "spent" / "model" / "model.safetensors").is_file()
+    main(train_args(tmp_path / "open", autoencoder_dir, *args, "--max-minutes", "0"))
+    assert trained == [(1, 1), (2, 2)]

@@ -1,5 +1,8 @@
 """Rendering differentiable in the geometry, and pose refinement (projector/pose.py)."""
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
@@ -117,3 +120,78 @@ def test_reconstruct_with_pose_refits_and_reconstructs_along_the_refined_views(c
     moved = pose_views(nominal.double(), out.pose[0].double()).float()
     torch.testing.assert_close(calls[1][1][0], moved)
     assert torch.equal(calls[1][0], xrays)  # the images are not resampled
+
+def ball(centre_voxel, radius: float = 2.5, shape=SHAPE) -> torch.Tensor:
+    """mu (1, 1, X, Y, Z): a uniform ball (0.02 /mm) centred on a voxel centre, 0 elsewhere."""
+    grids = torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in shape], indexing="ij")
+    r2 = sum((g - c) ** 2 for g, c in zip(grids, centre_voxel))
+    return (0.02 * (r2 <= radius**2)).float()[None, None]
+
+
+def analytic_pixel(p, geometry, view: int, d_angle=0.0, d_u=0.0, d_v=0.0):
+    """(row, column) where the ray from the source through world point ``p`` (mm) meets the
+    detector of view ``view`` moved as projector/pose.py documents: gantry angle t + d_angle,
+    detector centre moved by d_u along u(t') and d_v along v = -Z, source fixed (DESIGN.md
+    "Views": source at sad s(t), s(t) = (-sin t, cos t, 0), detector centre at
+    -(sdd - sad) s(t), columns along u(t) = (-cos t, -sin t, 0), rows along -Z)."""
+    t = math.radians(geometry.angles[view] + d_angle)
+    s = np.array([-math.sin(t), math.cos(t), 0.0])
+    u = np.array([-math.cos(t), -math.sin(t), 0.0])
+    v = np.array([0.0, 0.0, -1.0])
+    source = geometry.sad * s
+    centre = -(geometry.sdd - geometry.sad) * s + d_u * u + d_v * v
+    ray = np.asarray(p, dtype=float) - source
+    q = source + ray * ((centre - source) @ s) / (ray @ s)  # on the detector plane
+    dv, du = geometry.pixel_spacing
+    h, w = geometry.detector_shape
+    return (q - centre) @ v / dv + (h - 1) / 2, (q - centre) @ u / du + (w - 1) / 2
+
+
+def centroid(image: torch.Tensor) -> tuple[float, float]:
+    """(row, column) intensity centroid of an (H, W) image."""
+    h, w = image.shape
+    total = image.sum()
+    rows = (image.sum(1) * torch.arange(h, dtype=image.dtype)).sum() / total
+    cols = (image.sum(0) * torch.arange(w, dtype=image.dtype)).sum() / total
+    return float(rows), float(cols)
+
+
+def test_pose_offsets_move_the_image_the_documented_way(case):
+    """The directions of the pose offsets, pinned by an analytic object: a small ball off
+    the isocentre, whose DRR centroid sits where the ray through its centre meets the
+    moved detector (computed here from DESIGN.md's view formulas, not by the projector).
+    A detector moved by +d_u along its columns' direction u sees the ball d_u / du pixels
+    toward column 0 (and +d_v along v = -Z moves it d_v / dv rows up); a sign flipped in
+    project_posed, or in the datasets' posed X-rays (ct_to_drr), fails here."""
+    from x2ct.data import ct_to_drr, hu_to_unit
+    from x2ct.projector import mu_to_hu
+
+    _, g = case
+    voxel = (30.0, 13.0, 27.0)  # right, posterior, superior of the isocentre
+    mu = ball(voxel)
+    p = [(c - (n - 1) / 2) * s for c, n, s in zip(voxel, SHAPE, SPACING)]  # world mm
+    dv, du = g.pixel_spacing
+    pose = torch.tensor([[0.0, 2.5 * du, 0.0], [0.0, 0.0, -1.5 * dv]])
+    nominal = project_posed(mu, g, torch.zeros(2, 3), SPACING)[0]
+    shifted = project_posed(mu, g, pose, SPACING)[0]
+    window = (-1000.0, 3000.0)
+    posed = ct_to_drr(hu_to_unit(mu_to_hu(mu), window), g, SPACING, window, pose=pose)[0]
+    for view in range(2):
+        expected = analytic_pixel(p, g, view)
+        assert centroid(nominal[view]) == pytest.approx(expected, abs=0.1), view
+        moved = analytic_pixel(p, g, view, 0.0, *pose[view, 1:].tolist())
+        assert centroid(shifted[view]) == pytest.approx(moved, abs=0.1), view
+        assert centroid(posed[view]) == pytest.approx(moved, abs=0.1), view
+    # the documented translation: +d_u -> toward column 0, d_v = -1.5 dv -> 1.5 rows down
+    assert moved[0] - expected[0] == pytest.approx(1.5, abs=1e-6)
+    assert analytic_pixel(p, g, 0, 0.0, 2.5 * du)[1] - analytic_pixel(p, g, 0)[1] == (
+        pytest.approx(-2.5, abs=1e-6)
+    )
+    # the gantry angle: t' = t + d_angle (the source turns about +Z)
+    angle = torch.tensor([[8.0, 0.0, 0.0], [-8.0, 0.0, 0.0]])
+    turned = project_posed(mu, g, angle, SPACING)[0]
+    for view in range(2):
+        expected = analytic_pixel(p, g, view, float(angle[view, 0]))
+        flipped = analytic_pixel(p, g, view, -float(angle[view, 0]))
+        assert abs(expected[1] - flipped[1]) > 1.0  # the test tells the two signs apart
+        assert centroid(turned[view]) == pytest.approx(expected, abs=0.1), view

@@ -41,6 +41,8 @@ def test_from_ct_writes_volume_uncertainty_figure_and_scores(tmp_path, model_dir
             "2",
             "--seed",
             "1",
+            "--sampler",
+            "ddpm",
         ]
     )
     assert sorted(p.name for p in out.iterdir()) == [
@@ -56,6 +58,18 @@ def test_from_ct_writes_volume_uncertainty_figure_and_scores(tmp_path, model_dir
     for k in ("psnr", "ssim", "mae_hu", "projection_error"):
         assert np.isfinite(saved[k]) and saved[k] == pytest.approx(result[k])
     assert "PSNR" in capsys.readouterr().out
+    # the volume and its std are the mean and spread of the two ddpm samples the library
+    # draws for the CT's X-rays with that seed
+    from x2ct.diffusion import Reconstructor
+    from x2ct.eval.reconstruct import prepare_ct
+
+    recon = Reconstructor.from_pretrained(model_dir)
+    window = recon.autoencoder.config.hu_window
+    gt = prepare_ct(ct_path, SPACING, CT_SHAPE, window, recon.config.spine_position)
+    lib = recon(recon.simulate_xrays(gt), sampler="ddpm", steps=2, num_samples=2,
+                generator=torch.Generator().manual_seed(1))
+    np.testing.assert_allclose(ct.hu, lib.hu[0, 0].numpy(), atol=1e-2)
+    np.testing.assert_allclose(load_ct(out / "std.nii.gz").hu, lib.std[0, 0].numpy(), atol=1e-2)
 
 
 def test_from_two_pngs_resizes_with_a_warning(tmp_path, model_dir):

@@ -1,14 +1,22 @@
 """train/autoencoder.py end to end: a short run, exact resume, two processes."""
 
 import json
-import os
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from grad_probe import install
+from train_helpers import (
+    PROBE,
+    assert_same_gradients,
+    checksums,
+    launch_two_processes,
+    perturb_checkpoint,
+    record_steps,
+)
 
+import x2ct.train.autoencoder as autoencoder_script
 from x2ct.autoencoder import CTAutoencoder
 from x2ct.train.autoencoder import main
 from x2ct.train.checkpoint import find_latest_checkpoint
@@ -47,12 +55,8 @@ TINY = [
 ]
 
 
-def checksums(run: Path, rank: int = 0) -> list[str]:
-    return (run / f"weights_rank{rank}.sha256").read_text().split()
-
-
 @pytest.mark.slow
-def test_short_run_writes_model_and_resumes_exactly(tmp_path):
+def test_short_run_writes_model_and_resumes_exactly(tmp_path, monkeypatch, capsys):
     args = TINY + [
         "--max-steps",
         "6",
@@ -78,7 +82,15 @@ def test_short_run_writes_model_and_resumes_exactly(tmp_path):
     main(args + ["--run-dir", str(part), "--stop-after-steps", "3"])
     assert not (part / "model").exists()
     assert find_latest_checkpoint(part / "checkpoints").name == "step_0000002"
+    # Training is deterministic: a rerun that ignored the checkpoint and began again at
+    # step 0 would end with the same weights. It must say where it resumed and train only
+    # the steps left.
+    trained = record_steps(monkeypatch, autoencoder_script)
+    capsys.readouterr()
     main(args + ["--run-dir", str(part)])
+    resumed_from = part / "checkpoints" / "step_0000002"
+    assert f"resumed from {resumed_from} at step 2" in capsys.readouterr().out
+    assert trained == [(3, 1), (4, 2), (5, 3), (6, 4)]  # (step, steps this run)
     assert find_latest_checkpoint(part / "checkpoints").name == "step_0000006"
     # same weights (training model and EMA) as the uninterrupted run
     assert checksums(part) == checksums(full)
@@ -86,6 +98,16 @@ def test_short_run_writes_model_and_resumes_exactly(tmp_path):
     assert resumed.config == model.config
     for (k, a), (_, b) in zip(model.state_dict().items(), resumed.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+
+    # What is resumed is the checkpoint's state: from a changed step-4 checkpoint the last
+    # two steps end elsewhere.
+    shutil.rmtree(part / "checkpoints" / "step_0000006")
+    perturb_checkpoint(part / "checkpoints" / "step_0000004")
+    trained.clear()
+    main(args + ["--run-dir", str(part)])
+    assert trained == [(5, 1), (6, 2)]
+    changed = checksums(part)
+    assert changed[0] != checksums(full)[0] and changed[1] != checksums(full)[1]
 
 
 @pytest.mark.slow
@@ -102,40 +124,34 @@ def test_perceptual_weight_without_lpips_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_end_with_identical_weights(tmp_path):
-    run = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29517",
-        str(ROOT / "train" / "autoencoder.py"),
-        *TINY,
-        "--max-steps",
-        "3",
-        "--save-every",
-        "2",
-        "--run-dir",
-        str(run),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+def test_two_processes_train_one_model_with_the_gradient_of_twice_the_batch(
+    tmp_path, monkeypatch
+):
+    """Two processes at batch 1 end with identical weights on both ranks, and step with the
+    gradient one process computes at batch 2 over the same samples (tests/grad_probe.py
+    explains why the gradient, not whole runs, and what it changes): a sum over ranks
+    instead of a mean, or ranks drawing other samples than their half, fails."""
+    args = TINY + ["--grad-clip", "0", "--n-val", "0", "--scaling-volumes", "1"]
+    args += ["--batch-size", "1"]
+    run, probe = tmp_path / "ddp", tmp_path / "ddp_grads"
+    proc = launch_two_processes(
+        [PROBE, "autoencoder", str(probe), *args, "--max-steps", "3", "--save-every", "2",
+         "--run-dir", str(run)],
+        port=29517,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r0, r1 = checksums(run, 0), checksums(run, 1)
     assert "processes=2" in r0 and "distributed_type=MULTI_CPU" in r0  # really one group
     assert r0 == r1  # training weights and EMA identical on both ranks
     assert (run / "model" / "model.safetensors").is_file()
     assert find_latest_checkpoint(run / "checkpoints").name == "step_0000003"
+
+    one = tmp_path / "one_grads"
+    one.mkdir()
+    install("autoencoder", one, monkeypatch.setattr).main(
+        args + ["--batch-size", "2", "--max-steps", "1", "--run-dir", str(tmp_path / "one")]
+    )
+    assert_same_gradients(probe, one)
 
 
 @pytest.mark.slow
