@@ -292,7 +292,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-lpips", action="store_true", help="do not try LPIPS")
     p.add_argument("--lpips-slices", type=int, default=16, help="slices per plane for LPIPS")
     p.add_argument("--fid-net", default="inception",
-                   help="FID feature network: 'inception', a TorchScript file, or 'none'")
+                   help="FID feature network: 'inception', 'none', or a TorchScript file; "
+                   "TorchScript is code and runs when loaded: give only a file you trust")
     p.add_argument("--fid-slices", type=int, default=16, help="slices per plane and case, FID")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)

@@ -384,9 +384,9 @@ def main(argv=None) -> Path:
     counter = StepCounter()
     model, optimizer = accelerator.prepare(model, optimizer)
     ema.model.to(device)
-    # registered rather than prepared: prepared, the scheduler would step once per process
-    accelerator.register_for_checkpointing(scheduler, ema, counter)
-    resumed = resume_latest(accelerator, run.checkpoints)
+    # the scheduler is not prepared: prepared, it would step once per process
+    state = dict(model=model, optimizer=optimizer, scheduler=scheduler, ema=ema, step=counter)
+    resumed = resume_latest(accelerator, run.checkpoints, state)
     n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
     accelerator.print(
         f"latent diffusion '{args.config}': {n_params / 1e6:.2f} M parameters, latents "
@@ -486,10 +486,10 @@ def main(argv=None) -> Path:
             if accelerator.is_main_process:
                 validation(step)
             accelerator.wait_for_everyone()
-        if end_of_step(accelerator, run, step, steps_this_run, args, bar):
+        if end_of_step(accelerator, run, step, steps_this_run, args, bar, state):
             return run.root  # as if killed here: no final checkpoint, no final model
     bar.close()
-    save_last_checkpoint(accelerator, run, counter.step, args)
+    save_last_checkpoint(accelerator, run, counter.step, args, state)
 
     # ---- final pipeline (EMA weights), final validation and metrics
     write_checksums(accelerator, run, model, ema.model)  # replicas must agree

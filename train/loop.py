@@ -123,8 +123,8 @@ def lr_lambda(warmup: int, schedule: str, max_steps: int):
 
 def build_optimizer(model: torch.nn.Module, args: argparse.Namespace):
     """(AdamW(betas 0.9, 0.99, no weight decay), its LambdaLR schedule) from the flags of
-    :func:`add_optimisation_args` and --max-steps. Register the schedule for checkpointing
-    rather than preparing it: prepared, it steps once per process per step."""
+    :func:`add_optimisation_args` and --max-steps. Checkpoint the schedule with the other
+    objects rather than preparing it: prepared, it steps once per process per step."""
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0
     )
@@ -138,12 +138,15 @@ def add_terms(logs: dict, terms: Mapping[str, torch.Tensor], grad_accum: int) ->
         logs[f"train/{name}"] = logs.get(f"train/{name}", 0.0) + float(v.detach()) / grad_accum
 
 
-def end_of_step(accelerator, run: RunDir, step: int, steps_this_run: int, args, bar) -> bool:
-    """After a step's logs and validation: the --save-every checkpoint; True when
+def end_of_step(
+    accelerator, run: RunDir, step: int, steps_this_run: int, args, bar, state
+) -> bool:
+    """After a step's logs and validation: the --save-every checkpoint of ``state`` (the
+    objects by name, :func:`~x2ct.train.checkpoint.save_checkpoint`); True when
     --stop-after-steps says stop here, as if the run were killed (no final checkpoint, no
     final model; the tests' stand-in for a killed run)."""
     if step % args.save_every == 0:
-        save_checkpoint(accelerator, run.checkpoints, step, keep=args.keep)
+        save_checkpoint(accelerator, run.checkpoints, step, state, keep=args.keep)
     if args.stop_after_steps is not None and steps_this_run >= args.stop_after_steps:
         bar.close()
         accelerator.end_training()
@@ -151,10 +154,10 @@ def end_of_step(accelerator, run: RunDir, step: int, steps_this_run: int, args, 
     return False
 
 
-def save_last_checkpoint(accelerator, run: RunDir, step: int, args) -> None:
-    """The end-of-run checkpoint, unless --save-every has just written it."""
+def save_last_checkpoint(accelerator, run: RunDir, step: int, args, state) -> None:
+    """The end-of-run checkpoint of ``state``, unless --save-every has just written it."""
     if step % args.save_every != 0:
-        save_checkpoint(accelerator, run.checkpoints, step, keep=args.keep)
+        save_checkpoint(accelerator, run.checkpoints, step, state, keep=args.keep)
 
 
 # --------------------------------------------------------------------------- fingerprints

@@ -2,7 +2,7 @@
 
 Layout of a run folder RUN/:
     RUN/args.json                       the command's arguments (written by the main process)
-    RUN/checkpoints/step_0000100/       accelerator.save_state (train/checkpoint.py)
+    RUN/checkpoints/step_0000100/       training state, safetensors + JSON (train/checkpoint.py)
     RUN/logs/                           TensorBoard
     RUN/figures/                        PNGs (train/figures.py)
     RUN/model/                          final save_pretrained
