@@ -62,6 +62,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from x2ct.cli import InputError, run_main
 from x2ct.diffusion.guidance import ProjectionGuidance
 from x2ct.eval.figures import CasePlanes, case_grid, central_planes, save_figure
 from x2ct.eval.memory import PeakMemory, device_name, memory_note
@@ -314,7 +315,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _fail(message: str):
-    raise SystemExit(f"error: {message}")
+    raise InputError(message)
 
 
 # --------------------------------------------------------------------------- setup
@@ -734,4 +735,4 @@ def _write_outputs(out_dir: Path, summary: dict, per_case: list[dict]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -8,6 +8,9 @@
   model's detector. A ``geometry.json`` beside the AP image (as ``python -m x2ct.projector``
   writes) or ``--geometry`` declares their geometry; one that is not the model's is
   refused unless ``--allow-geometry-mismatch``.
+- ``--out``: a folder; one holding outputs of an earlier run is refused unless
+  ``--overwrite`` (which removes them all first). It is checked to be writable before
+  the work starts.
 - ``--ct``: a NIfTI CT, resampled to the model's spacing and cropped/padded to its shape
   with the spine's bone centroid where the training CTs had theirs (the config's
   ``spine_position``; ``x2ct.data.preprocess``); its X-rays are simulated with the model's
@@ -52,17 +55,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from x2ct.cli import InputError, run_main
 from x2ct.eval.figures import reconstruction_figure, save_figure
 from x2ct.eval.metrics import ct_metrics, projection_error
-from x2ct.fileio import atomic_path
+from x2ct.fileio import atomic_path, prepare_out_dir
+
+OUTPUTS = ("ct.nii.gz", "std.nii.gz", "reconstruction.png", "metrics.json", "reconstruction.json")
+"""Every file this command may write into --out (refused there without --overwrite)."""
 
 
 # --------------------------------------------------------------------------- inputs
 def read_geometry_json(path: str | os.PathLike) -> dict:
     """A Geometry dict from a JSON file: a plain Geometry.to_dict() or the projector
     command line's {"geometry": {...}, ...}."""
-    d = json.loads(Path(path).read_text())
-    return d["geometry"] if "geometry" in d else d
+    from x2ct.projector import Geometry
+    from x2ct.validation import check_fields, read_json_config
+
+    d = read_json_config(path)
+    d = d.get("geometry", d) if isinstance(d, dict) else d
+    check_fields(Geometry, d, path)
+    return d
 
 
 def load_xray_pair(ap: str | os.PathLike, lateral: str | os.PathLike, shape) -> torch.Tensor:
@@ -146,6 +158,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lateral", help="lateral X-ray image (with --ap)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace this command's outputs in --out (all of them: none of an earlier run "
+        "is left beside the new ones); without it such a folder is refused",
+    )
+    p.add_argument(
         "--geometry",
         help="JSON of the X-rays' geometry (default: geometry.json beside --ap, if any)",
     )
@@ -169,6 +187,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--lateral needs --ap: the model reconstructs from both views")
     if args.num_samples < 1:
         p.error("--num-samples must be >= 1")
+    if args.batch_size is not None and args.batch_size < 1:
+        p.error("--batch-size must be >= 1")
+    if args.steps is not None and args.steps < 1:
+        p.error("--steps must be >= 1")
+    if args.guidance is not None and not 0 <= args.guidance < float("inf"):
+        p.error(f"--guidance must be a finite number >= 0, got {args.guidance}")
     check_guidance_arguments(p, args)
     return args
 
@@ -193,8 +217,9 @@ def _write_json(path: Path, payload: dict) -> None:
 
 
 def main(argv=None) -> dict:
+    from x2ct.autoencoder import AutoencoderConfig
     from x2ct.data import save_ct
-    from x2ct.diffusion import Reconstructor
+    from x2ct.diffusion import LatentDiffusionConfig, Reconstructor
     from x2ct.diffusion.pipeline import check_pipeline_dir
     from x2ct.projector import Geometry
 
@@ -203,13 +228,15 @@ def main(argv=None) -> dict:
     # ---- every check that can fail before any compute
     try:
         check_pipeline_dir(args.model)
-        config = json.loads((Path(args.model) / "config.json").read_text())
-        ae_config = json.loads((Path(args.model) / "autoencoder" / "config.json").read_text())
+        config = LatentDiffusionConfig.from_file(Path(args.model) / "config.json").to_dict()
+        ae_config = AutoencoderConfig.from_file(
+            Path(args.model) / "autoencoder" / "config.json"
+        ).to_dict()
         for path in (args.ct, args.ap, args.lateral, args.geometry):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{path}: no such file")
-    except (FileNotFoundError, json.JSONDecodeError) as e:
-        raise SystemExit(f"error: {e}") from e
+    except (FileNotFoundError, ValueError) as e:
+        raise InputError(str(e)) from e
     det = tuple(config["geometry"]["detector_shape"])
     spacing = tuple(ae_config["spacing"])
     ct_shape = tuple(n * config["downsample_factor"] for n in config["latent_size"])
@@ -241,10 +268,11 @@ def main(argv=None) -> dict:
         elif args.ct is not None:
             gt_hu = prepare_ct(args.ct, spacing, ct_shape, window, config.get("spine_position"))
     except (ValueError, OSError, KeyError, TypeError) as e:
-        raise SystemExit(f"error: {e}") from e
+        raise InputError(str(e)) from e
 
     guidance, pose = options(args)
     recon = Reconstructor.from_pretrained(args.model, device=args.device)
+    prepare_out_dir(out_dir, OUTPUTS, args.overwrite)  # before the work, not after
     effective = recon.projection_guidance_for(guidance)
     if gt_hu is not None:
         xrays = recon.simulate_xrays(gt_hu.to(recon.device)).cpu()
@@ -321,4 +349,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from x2ct.cli import InputError, run_main
 from x2ct.fileio import atomic_path
 from x2ct.projector.attenuation import DRR_SCALE, hu_to_mu
 from x2ct.projector.geometry import Geometry
@@ -68,7 +68,7 @@ def _preview(path: Path, drr: np.ndarray, names: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.size < 1:
-        raise SystemExit(f"--size must be a positive number of pixels, got {args.size}")
+        raise InputError(f"--size must be a positive number of pixels, got {args.size}")
     # The command line sits above the library layers: it may read NIfTI through x2ct.data.
     from x2ct.data import load_ct, save_xray_png
 
@@ -103,4 +103,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

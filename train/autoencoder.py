@@ -29,6 +29,7 @@ from x2ct.autoencoder.losses import (
     make_discriminator,
     reconstruction_loss,
 )
+from x2ct.cli import run_main
 from x2ct.data.transforms import hu_to_unit
 from x2ct.eval.metrics import unit_metrics
 from x2ct.train.checkpoint import resume_latest
@@ -41,6 +42,7 @@ from x2ct.train.loop import (
     args_record,
     build_optimizer,
     end_of_step,
+    finish_run,
     run_accelerator,
     save_last_checkpoint,
     val_seeds,
@@ -303,9 +305,9 @@ def main(argv=None) -> Path:
             f"saved {run.model}"
         )
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    finish_run(accelerator, run)
     return run.model
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

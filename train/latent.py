@@ -40,11 +40,11 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch.utils.data import ConcatDataset, Dataset
 from tqdm.auto import tqdm
 
 from x2ct.autoencoder import CTAutoencoder
+from x2ct.cli import InputError, run_main
 from x2ct.data import PhantomDataset, default_geometry, spine_centre, unit_to_hu
 from x2ct.diffusion import (
     LATENT_DIFFUSION_CONFIGS,
@@ -61,6 +61,7 @@ from x2ct.eval.memory import peak_memory_mb
 from x2ct.eval.metrics import ct_metrics, projection_error
 from x2ct.fileio import atomic_path
 from x2ct.projector import DRR_SCALE
+from x2ct.train.cache import load_latent_cache
 from x2ct.train.checkpoint import resume_latest
 from x2ct.train.ema import EMA
 from x2ct.train.loop import (
@@ -70,6 +71,7 @@ from x2ct.train.loop import (
     args_record,
     build_optimizer,
     end_of_step,
+    finish_run,
     run_accelerator,
     save_last_checkpoint,
     val_seeds,
@@ -93,6 +95,7 @@ RESUMABLE = {
     "no_tensorboard",
     "val_steps",
     "argv",
+    "run_dir",  # a run folder may be moved and resumed
 }
 # Flags added after runs were started: a run folder whose args.json lacks one ran with
 # this value, so resuming it with today's default is the same run.
@@ -185,7 +188,7 @@ def config_overrides(args) -> dict:
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"--set takes KEY=VALUE, got {item!r}")
+            raise InputError(f"--set takes KEY=VALUE, got {item!r}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -213,7 +216,7 @@ def check_resume_args(run: RunDir, args: dict) -> None:
         detail = ", ".join(
             f"--{k.replace('_', '-')} {a!r} -> {b!r}" for k, (a, b) in changed.items()
         )
-        raise SystemExit(
+        raise InputError(
             f"{run.root} holds a run with other settings ({detail}); "
             "use another --run-dir, or the same settings to resume it"
         )
@@ -246,26 +249,6 @@ def encode_dataset(dataset, autoencoder, device, desc: str, show: bool) -> dict[
     }
 
 
-def load_latent_cache(accelerator, path: Path, key: str, build) -> dict[str, torch.Tensor]:
-    """The cache at ``path`` if it was made with ``key``; else the main process builds and
-    writes it (atomically) while the others wait, then everyone reads it."""
-
-    def valid() -> bool:
-        if not path.is_file():
-            return False
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            return (f.metadata() or {}).get("key") == key
-
-    if accelerator.is_main_process and not valid():
-        tensors = build()
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"key": key})
-    accelerator.wait_for_everyone()
-    return load_file(str(path))
-
-
 @torch.no_grad()
 def validate(recon: Reconstructor, val: list[dict], steps: int, seed: int):
     """Reconstruct the validation cases (DDIM, ``steps``); mean scores and the first
@@ -289,7 +272,7 @@ def check_autoencoder(directory: str) -> None:
     """A clear error, before anything starts, when the autoencoder folder is not there."""
     ok = all((Path(directory) / name).is_file() for name in ("config.json", "model.safetensors"))
     if not ok:
-        raise SystemExit(
+        raise InputError(
             f"no trained autoencoder at {directory} (config.json + model.safetensors): train "
             "one first (python train/autoencoder.py --run-dir runs/ae, then use runs/ae/model) "
             "and pass --autoencoder DIR, or put it at models/ae-kl-tiny"
@@ -515,9 +498,9 @@ def main(argv=None) -> Path:
             "continue:     rerun the same command (resumes from the last checkpoint)"
         )
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    finish_run(accelerator, run)
     return run.model
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from x2ct.train.checkpoint import save_checkpoint
-from x2ct.train.run import RunDir, build_accelerator
+from x2ct.train.run import RunDir, build_accelerator, unlock_run_dir
 
 __all__ = [
     "VAL_SEED_OFFSET",
@@ -28,6 +28,7 @@ __all__ = [
     "run_accelerator",
     "lr_lambda",
     "end_of_step",
+    "finish_run",
     "save_last_checkpoint",
     "val_seeds",
     "weights_checksum",
@@ -149,9 +150,15 @@ def end_of_step(
         save_checkpoint(accelerator, run.checkpoints, step, state, keep=args.keep)
     if args.stop_after_steps is not None and steps_this_run >= args.stop_after_steps:
         bar.close()
-        accelerator.end_training()
+        finish_run(accelerator, run)
         return True
     return False
+
+
+def finish_run(accelerator, run: RunDir) -> None:
+    """End the trackers and release the run folder's lock (train/run.py)."""
+    accelerator.end_training()
+    unlock_run_dir(run)
 
 
 def save_last_checkpoint(accelerator, run: RunDir, step: int, args, state) -> None:
