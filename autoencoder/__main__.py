@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from x2ct.autoencoder.model import CTAutoencoder, check_model_dir
+from x2ct.cli import run_main
 
 
 def resample_to_spacing(hu: np.ndarray, spacing, affine: np.ndarray | None, target):
@@ -255,4 +255,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

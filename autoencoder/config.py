@@ -12,10 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
+from x2ct.validation import build_config, check_range, parse_json, read_json_config
+
 KINDS = ("kl", "vq")
+# fields a saved config.json must state (the rest have defaults older files may lack)
+REQUIRED_IN_FILE = ("kind", "channels", "latent_channels", "spacing", "hu_window",
+                    "scaling_factor", "shift")
+# bounds that keep a hostile config.json from allocating without end
+MAX_CHANNELS, MAX_LEVELS, MAX_TILE = 4096, 8, 1024
 
 
 @dataclass
@@ -93,6 +101,17 @@ class AutoencoderConfig:
             raise ValueError(f"tile_overlap must be in [0, 1), got {self.tile_overlap}")
         if self.tile_threshold <= 0:
             raise ValueError(f"tile_threshold must be positive, got {self.tile_threshold}")
+        check_range("number of channel levels", len(self.channels), 1, MAX_LEVELS)
+        check_range("channels", max(self.channels), 1, MAX_CHANNELS)
+        check_range("latent_channels", self.latent_channels, 1, MAX_CHANNELS)
+        check_range("num_res_blocks", self.num_res_blocks, 1, 16)
+        check_range("num_embeddings", self.num_embeddings, 2, 2**20)
+        check_range("tile_size", self.tile_size, 1, MAX_TILE)
+        for s in self.spacing:
+            check_range("spacing (mm)", s, 0.05, 20.0)
+        for name in ("scaling_factor", "shift", "commitment_cost", "tile_overlap"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
 
     @property
     def downsample_factor(self) -> int:
@@ -104,19 +123,23 @@ class AutoencoderConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> AutoencoderConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown AutoencoderConfig fields: {sorted(unknown)}")
-        return cls(**d)
+    def from_dict(
+        cls, d: dict[str, Any], source: str = "AutoencoderConfig", required=()
+    ) -> AutoencoderConfig:
+        """Checked field by field (types, then ranges); errors name ``source``."""
+        return build_config(cls, d, source, required)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> AutoencoderConfig:
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str, source: str = "AutoencoderConfig") -> AutoencoderConfig:
+        return cls.from_dict(parse_json(text, source), source)
+
+    @classmethod
+    def from_file(cls, path) -> AutoencoderConfig:
+        """A saved config.json, validated whole before anything is built (the file named)."""
+        return cls.from_dict(read_json_config(path), str(path), REQUIRED_IN_FILE)
 
     def replace(self, **changes: Any) -> AutoencoderConfig:
         return dataclasses.replace(self, **changes)

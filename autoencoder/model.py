@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import VQVAE, AutoencoderKL
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from x2ct.autoencoder.config import AutoencoderConfig
 from x2ct.autoencoder.tiling import tiled_apply
 from x2ct.data.transforms import hu_to_unit, unit_to_hu
 from x2ct.fileio import atomic_dir
+from x2ct.state import load_weights, write_safetensors
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -221,7 +221,7 @@ class CTAutoencoder(nn.Module):
         }
         directory = Path(directory)
         with atomic_dir(directory) as tmp:
-            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+            write_safetensors(tmp / WEIGHTS_NAME, state, {"format": "pt"})
             (tmp / CONFIG_NAME).write_text(self.config.to_json())
         return directory
 
@@ -231,8 +231,8 @@ class CTAutoencoder(nn.Module):
     ) -> CTAutoencoder:
         """Rebuild from a folder written by save_pretrained (in eval mode)."""
         config_path, weights_path = check_model_dir(directory)
-        model = cls(AutoencoderConfig.from_json(config_path.read_text()))
-        model.load_state_dict(load_file(str(weights_path), device=str(device)))
+        model = cls(AutoencoderConfig.from_file(config_path))
+        load_weights(model, weights_path)
         return model.to(device).eval()
 
 

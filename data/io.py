@@ -11,10 +11,8 @@ X-ray images are read into the normalised line-integral domain the networks see,
 
 from __future__ import annotations
 
-import gzip
 import os
 import warnings
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -91,80 +89,184 @@ def _squeeze_leading(a: np.ndarray, ndim: int, what: str) -> np.ndarray:
 # --- CT ------------------------------------------------------------------------------------
 
 
-def _stored_zooms(path: Path, header_class, fallback) -> tuple:
-    """The spatial pixdim as stored in the file (without nibabel's fixes)."""
+# Limits of what load_ct reads (module constants, so a site with bigger scans can raise
+# them). Spacing: a clinical CT has 0.2-10 mm voxels; 0.05-20 mm leaves room for micro-CT
+# of specimens and for thick scouts while refusing a unit mistake (metres read as mm give
+# 0.0007 "mm", microns 700).
+MIN_SPACING_MM = 0.05
+MAX_SPACING_MM = 20.0
+MAX_CT_VOXELS = 2**30  # 4 GiB as float32; a 512 x 512 x 2000 body CT is 0.52 G voxels
+# deflate compresses at most 1032:1 (zlib's technical details), so a .nii.gz of n bytes
+# holds at most about 1032 n bytes of image
+_MAX_DEFLATE_RATIO = 1032
+_UNIT_TO_MM = {"meter": 1000.0, "mm": 1.0, "micron": 0.001, "unknown": 1.0}
+
+
+def _stored_pixdim(path: Path, header_class, fallback) -> tuple:
+    """The spatial pixdim as stored in the file (without nibabel's fixes: it silently
+    turns a zero pixdim into 1 mm and negative ones positive)."""
     try:
         with nib.openers.ImageOpener(path) as f:
             raw = header_class.from_fileobj(f, check=False)
-        return tuple(np.abs(np.asarray(raw["pixdim"][1:4], dtype=np.float64)))
+        return tuple(np.asarray(raw["pixdim"][1:4], dtype=np.float64))
     except Exception:  # not a header nibabel can re-read raw: trust nibabel's reading
         return tuple(fallback)
 
 
+def _read_header(path: Path):
+    """(image proxy, shape, header) without reading the voxels; ValueError naming the
+    file for anything that is not a readable NIfTI header."""
+    try:
+        img = nib.load(path)
+        if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+            raise ValueError(f"a {type(img).__name__}, not NIfTI")
+        shape = tuple(int(n) for n in img.shape)
+        header = img.header
+        header.get_data_dtype()
+    except MemoryError as e:
+        raise ValueError(f"{path}: the NIfTI header is not plausible ({e})") from e
+    except Exception as e:  # nibabel raises many types (ImageFileError, HeaderDataError, ...)
+        raise ValueError(
+            f"{path}: cannot read NIfTI header ({type(e).__name__}: {e}); is the file a NIfTI "
+            "image, or truncated?"
+        ) from e
+    return img, shape, header
+
+
+def _check_size(path: Path, shape: tuple, header) -> None:
+    """Refuse a header whose image the file cannot hold or this reader should not
+    allocate, before any voxel is read."""
+    n_voxels = int(np.prod(shape, dtype=object)) if shape else 0
+    if n_voxels == 0 or min(shape) < 1:
+        raise ValueError(f"{path}: the header declares an empty image of shape {shape}")
+    if n_voxels > MAX_CT_VOXELS:
+        raise ValueError(
+            f"{path}: the header declares {'x'.join(map(str, shape))} = {n_voxels:,} voxels, "
+            f"more than the {MAX_CT_VOXELS:,} this reader accepts (x2ct.data.io.MAX_CT_VOXELS)"
+        )
+    dtype = header.get_data_dtype()
+    if dtype.kind not in "biuf" or dtype.fields is not None:
+        raise ValueError(f"{path}: voxel type {dtype} is not a real number; expected a CT in HU")
+    offset = int(header.get_data_offset()) if hasattr(header, "get_data_offset") else 352
+    needed = offset + n_voxels * dtype.itemsize
+    size = path.stat().st_size
+    gz = path.name.lower().endswith(".gz")
+    if (gz and needed > _MAX_DEFLATE_RATIO * size + 1024) or (not gz and needed > size):
+        raise ValueError(
+            f"{path}: the header declares a {'x'.join(map(str, shape))} {dtype} image "
+            f"({needed:,} bytes), which a {size:,}-byte {'.nii.gz' if gz else '.nii'} file "
+            "cannot hold: truncated, or a wrong header"
+        )
+
+
+def _unit_factor(path: Path, header) -> float:
+    """mm per unit of the header's spatial unit (xyzt_units): metre 1000, micron 0.001,
+    mm and unknown 1 (unknown is read as mm, with a warning)."""
+    try:
+        unit = header.get_xyzt_units()[0]
+    except Exception:
+        unit = "unknown"
+    if unit not in _UNIT_TO_MM:
+        raise ValueError(f"{path}: unsupported spatial unit {unit!r} in xyzt_units")
+    if unit == "unknown":
+        warnings.warn(
+            f"{path}: the header gives no spatial unit (xyzt_units); reading it as mm",
+            stacklevel=3,
+        )
+    return _UNIT_TO_MM[unit]
+
+
 def load_ct(path: str | os.PathLike) -> CTImage:
-    """Read a NIfTI CT volume as HU in RAS+ voxel order.
+    """Read a NIfTI CT volume as HU in RAS+ voxel order, spacing in mm.
 
     The image is reoriented with ``nibabel.as_closest_canonical`` (axis flips and
     permutations only; an oblique affine keeps its rotation), its scaling
-    (``scl_slope``/``scl_inter``) applied. A trailing singleton 4th axis is dropped.
+    (``scl_slope``/``scl_inter``) applied. A trailing singleton 4th axis is dropped. The
+    header's spatial unit is honoured (metres and microns become mm; a header without a
+    unit is read as mm, with a warning).
+
+    Everything the header says is checked before any voxel is read: the file must be
+    able to hold the image it declares, the image must have at most ``MAX_CT_VOXELS``
+    voxels, and every voxel size must lie in [``MIN_SPACING_MM``, ``MAX_SPACING_MM``].
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: not a ``.nii``/``.nii.gz`` file; unreadable or truncated; not 3-D;
-            a non-finite voxel; a non-positive or non-finite voxel size. The message names
-            the file and what was expected.
+        ValueError: not a ``.nii``/``.nii.gz`` file; empty, unreadable or truncated; a
+            header that the file cannot hold or too large; not 3-D; a non-finite voxel; a
+            voxel size that is not positive, finite and within the limits. The message
+            names the file and what was expected.
     """
     path = Path(path)
     if _nifti_suffix(path) is None:
         raise ValueError(f"{path}: expected a NIfTI CT volume (.nii or .nii.gz)")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such CT file (expected a .nii or .nii.gz volume)")
+    # nibabel logs the header fixes it makes ("setting 0 dims to 1") to stderr whenever a
+    # header is copied; load_ct checks the stored header itself and says what is wrong
+    logger = nib.imageglobals.logger
+    disabled, logger.disabled = logger.disabled, True
     try:
-        img = nib.load(path)
-        shape = img.shape
-        zooms = img.header.get_zooms()
-        affine = img.affine
-    except (
-        OSError,
-        EOFError,
-        zlib.error,
-        gzip.BadGzipFile,
-        ValueError,
-        nib.filebasedimages.ImageFileError,
-    ) as e:
-        raise ValueError(
-            f"{path}: cannot read NIfTI header ({e}); is the file a NIfTI image, or truncated?"
-        ) from e
+        return _load_ct(path)
+    finally:
+        logger.disabled = disabled
+
+
+def _load_ct(path: Path) -> CTImage:
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: the file is empty; expected a NIfTI CT volume")
+    img, shape, header = _read_header(path)
     if len(shape) == 4 and shape[3] == 1:
-        img = img.slicer[..., 0]
-        shape = img.shape
+        shape = shape[:3]
     if len(shape) != 3:
         raise ValueError(
             f"{path}: expected a 3-D CT volume (X, Y, Z), got a {len(shape)}-D image of shape "
             f"{tuple(shape)}"
         )
+    _check_size(path, tuple(int(n) for n in img.shape), header)
     # nibabel silently turns a zero pixdim into 1 mm on load: check the header as stored.
-    zooms = _stored_zooms(path, type(img.header), zooms)
+    factor = _unit_factor(path, header)
+    try:
+        zooms = _stored_pixdim(path, type(header), header.get_zooms()[:3])
+        affine = np.asarray(img.affine, dtype=np.float64).copy()
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read the NIfTI geometry ({e})") from e
+    affine[:3, :] *= factor  # to mm (rotation, zooms and origin alike)
     col_norms = np.linalg.norm(affine[:3, :3], axis=0)
-    spacing_ok = all(np.isfinite(z) and z > 0 for z in zooms[:3])
+    spacing_ok = all(np.isfinite(z) and z > 0 for z in zooms)
     if not spacing_ok or not np.all(np.isfinite(affine)) or np.any(col_norms <= 0):
         raise ValueError(
             f"{path}: voxel size must be positive and finite, got "
-            f"{tuple(float(z) for z in zooms[:3])} mm (header pixdim) and affine\n"
-            + np.array2string(affine, precision=3)
+            f"{tuple(float(z) for z in zooms)} (header pixdim) and affine "
+            + np.array2string(affine, precision=3).replace("\n", " ")
         )
+    mm = np.asarray(zooms) * factor
+    for name, values in (("pixdim", mm), ("affine", col_norms)):
+        if np.any(values < MIN_SPACING_MM) or np.any(values > MAX_SPACING_MM):
+            raise ValueError(
+                f"{path}: voxel size {tuple(round(float(v), 6) for v in values)} mm (header "
+                f"{name}, unit {header.get_xyzt_units()[0]}) is outside "
+                f"[{MIN_SPACING_MM}, {MAX_SPACING_MM}] mm; check the header's spacing and "
+                "unit (xyzt_units)"
+            )
     try:
-        img = nib.as_closest_canonical(img)
-        hu = img.get_fdata(dtype=np.float32)
-    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as e:
+        if len(img.shape) == 4:
+            img = img.slicer[..., 0]
+        canonical = nib.as_closest_canonical(img)
+        hu = canonical.get_fdata(dtype=np.float32)
+        affine = np.asarray(canonical.affine, dtype=np.float64).copy()
+    except MemoryError as e:
+        raise ValueError(f"{path}: not enough memory to read the {shape} volume") from e
+    except Exception as e:  # gzip, zlib, EOF and nibabel errors of a corrupt data block
         raise ValueError(
             f"{path}: cannot read the voxel data ({type(e).__name__}: {e}); the file may be "
             "truncated or corrupt"
         ) from e
+    affine[:3, :] *= factor
+    if hu.shape != shape:
+        raise ValueError(f"{path}: read {hu.shape} voxels, the header declares {shape}")
     bad = int(hu.size - np.count_nonzero(np.isfinite(hu)))
     if bad:
         raise ValueError(f"{path}: {bad} non-finite voxels (NaN or inf); expected finite HU")
-    affine = np.asarray(img.affine, dtype=np.float64)
     spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
     return CTImage(np.ascontiguousarray(hu), spacing, affine)
 
@@ -240,18 +342,25 @@ def save_ct(
 def _read_image(path: Path) -> np.ndarray:
     """Normalised grey image from PNG/TIFF: value / the dtype's maximum; float images are
     taken as already normalised. RGB(A) and palette images are converted to luma."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as im:
+            _check_xray_size(path, (im.size[1], im.size[0]))  # before decoding any pixel
             im.load()
             mode = im.mode
             if mode in ("P", "PA"):
                 im = im.convert("RGBA")
                 mode = im.mode
             a = np.array(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read the image ({e}); expected a PNG or TIFF") from e
+    except ValueError:
+        raise
+    except MemoryError as e:
+        raise ValueError(f"{path}: not enough memory to decode the image") from e
+    except Exception as e:  # Pillow raises many types (DecompressionBombError, SyntaxError)
+        raise ValueError(
+            f"{path}: cannot read the image ({type(e).__name__}: {e}); expected a PNG or TIFF"
+        ) from e
     if mode in ("RGB", "RGBA", "LA") or (a.ndim == 3 and a.shape[-1] in (3, 4)):
         if a.shape[-1] in (2, 4):  # drop alpha
             a = a[..., :-1]
@@ -272,6 +381,51 @@ def _read_image(path: Path) -> np.ndarray:
     raise ValueError(f"{path}: unsupported image mode {mode!r} (dtype {a.dtype})")
 
 
+MAX_XRAY_PIXELS = 8192**2
+"""Largest X-ray load_xray decodes (a 43 x 43 cm flat panel at 0.1 mm is 4300^2 pixels)."""
+
+
+def _check_xray_size(path: Path, shape: Sequence[int]) -> None:
+    n = int(np.prod([int(s) for s in shape], dtype=object)) if len(shape) else 1
+    if n > MAX_XRAY_PIXELS:
+        raise ValueError(
+            f"{path}: {'x'.join(str(int(s)) for s in shape)} pixels is more than the "
+            f"{MAX_XRAY_PIXELS:,} an X-ray may have (x2ct.data.io.MAX_XRAY_PIXELS)"
+        )
+    if n == 0:
+        raise ValueError(f"{path}: the image is empty (shape {tuple(shape)})")
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    """A .npy array, its header checked (dtype, size, against the file) before reading."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = fmt.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = fmt.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy format version {version}")
+            offset = f.tell()
+    except Exception as e:  # ValueError, EOFError, SyntaxError of a garbled header
+        raise ValueError(f"{path}: cannot read the NumPy array header ({e})") from e
+    if dtype.hasobject or dtype.fields is not None or dtype.kind not in "biuf":
+        raise ValueError(f"{path}: expected a numeric (H, W) array, got dtype {dtype}")
+    _check_xray_size(path, shape)
+    needed = offset + int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if needed > path.stat().st_size:
+        raise ValueError(
+            f"{path}: the NumPy header declares {shape} {dtype} ({needed:,} bytes), the file "
+            f"has {path.stat().st_size:,}: truncated"
+        )
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read the NumPy array ({type(e).__name__}: {e})") from e
+
+
 def _read_dicom(path: Path) -> np.ndarray:
     try:
         import pydicom
@@ -281,10 +435,16 @@ def _read_dicom(path: Path) -> np.ndarray:
         ) from e
     try:
         ds = pydicom.dcmread(path)
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        _check_xray_size(path, (rows * int(getattr(ds, "NumberOfFrames", 1) or 1), cols))
         a = ds.pixel_array.astype(np.float64)
+        bits = int(getattr(ds, "BitsStored", 16))
+    except ValueError:
+        raise
     except Exception as e:  # pydicom raises many types for bad files
         raise ValueError(f"{path}: cannot read the DICOM pixel data ({e})") from e
-    bits = int(getattr(ds, "BitsStored", 16))
+    if not 1 <= bits <= 32:
+        raise ValueError(f"{path}: BitsStored {bits} is not in [1, 32]")
     a = a / float(2**bits - 1)
     if getattr(ds, "PhotometricInterpretation", "MONOCHROME2") == "MONOCHROME1":
         a = 1.0 - a  # MONOCHROME1 shows bone dark: flip so that bone is bright
@@ -319,11 +479,10 @@ def load_xray(
         raise ValueError(f"{path}: expected an X-ray image ({', '.join(XRAY_SUFFIXES)})")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such X-ray image")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: the file is empty; expected an X-ray image")
     if suffix == ".npy":
-        try:
-            a = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as e:
-            raise ValueError(f"{path}: cannot read the NumPy array ({e})") from e
+        a = _read_npy(path)
         if not np.issubdtype(a.dtype, np.number):
             raise ValueError(f"{path}: expected a numeric (H, W) array, got dtype {a.dtype}")
         a = a.astype(np.float32) / np.float32(xray_scale)
@@ -332,6 +491,8 @@ def load_xray(
     else:
         a = _read_image(path)
     a = _squeeze_leading(np.asarray(a), 2, f"{path}: the X-ray")
+    if a.size == 0:
+        raise ValueError(f"{path}: the X-ray is empty (shape {a.shape})")
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{path}: the X-ray has non-finite values")
     if shape is not None:

@@ -44,6 +44,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage
 
+from x2ct.cli import run_main
 from x2ct.data._shapes import box, capsule, fraction, prism, smin, superellipse, upsample_linear
 
 __all__ = [
@@ -841,4 +842,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -19,12 +19,26 @@ from typing import Any
 from x2ct.diffusion.xray_input import XRAY_INPUTS
 from x2ct.projector import DRR_SCALE, Geometry
 from x2ct.projector.acquisition import AcquisitionRange
+from x2ct.validation import (
+    build_config,
+    check_fields,
+    check_range,
+    parse_json,
+    read_json_config,
+)
 
 PREDICTION_TYPES = ("v_prediction", "epsilon", "sample")
 BETA_SCHEDULES = ("linear_beta", "scaled_linear_beta", "sigmoid_beta", "cosine")
 SAMPLERS = ("ddim", "ddpm", "rflow")
 PROJECTION_WEIGHTINGS = ("alpha_bar", "snr", "constant")
 OBJECTIVES = ("diffusion", "regression")
+# fields a saved config.json must state: set from the training data, no default fits
+REQUIRED_IN_FILE = ("latent_channels", "latent_size", "ct_spacing", "downsample_factor",
+                    "geometry", "xray_scale")
+# bounds that keep a hostile config.json from allocating without end
+MAX_LATENT_VOXELS = 256**3
+MAX_DETECTOR_PIXELS = 4096**2
+MAX_CHANNELS = 4096
 
 
 def default_geometry() -> dict:
@@ -216,8 +230,38 @@ class LatentDiffusionConfig:
                 f"sampler_steps must be in [1, {self.num_train_timesteps}], "
                 f"got {self.sampler_steps}"
             )
-        if self.guidance_scale < 0:
+        if not 0 <= self.guidance_scale < math.inf:
             raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
+        """Bounds on everything that sets an allocation."""
+        if math.prod(self.latent_size) > MAX_LATENT_VOXELS:
+            raise ValueError(
+                f"latent_size {self.latent_size} has more than {MAX_LATENT_VOXELS:,} voxels"
+            )
+        h, w = self.xray_shape
+        if h * w > MAX_DETECTOR_PIXELS:
+            raise ValueError(f"geometry.detector_shape {h}x{w} has more than "
+                             f"{MAX_DETECTOR_PIXELS:,} pixels")
+        check_range("latent_channels", self.latent_channels, 1, MAX_CHANNELS)
+        check_range("downsample_factor", self.downsample_factor, 1, 64)
+        check_range("number of unet levels", len(self.unet_channels), 1, 8)
+        check_range("unet_channels", max(self.unet_channels), 1, MAX_CHANNELS)
+        check_range("number of encoder levels", len(self.encoder_channels), 1, 8)
+        check_range("encoder_channels", max(self.encoder_channels), 1, MAX_CHANNELS)
+        check_range("num_res_blocks", self.num_res_blocks, 1, 16)
+        check_range("num_head_channels", self.num_head_channels, 1, MAX_CHANNELS)
+        check_range("token_grid", self.token_grid, 1, 256)
+        check_range("context_dim", self.context_dim, 1, MAX_CHANNELS)
+        check_range("backproject_channels", self.backproject_channels, 1, MAX_CHANNELS)
+        check_range("num_train_timesteps", self.num_train_timesteps, 2, 100_000)
+        check_range("number of views", self.num_views, 1, 64)
+        for s in self.ct_spacing:
+            check_range("ct_spacing (mm)", s, 0.05, 20.0)
+        for name in ("xray_scale", "projection_weight", "projection_step", "cond_drop_prob"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
 
     # ------------------------------------------------------------------ derived
     @property
@@ -262,19 +306,26 @@ class LatentDiffusionConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LatentDiffusionConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown LatentDiffusionConfig fields: {sorted(unknown)}")
-        return cls(**d)
+    def from_dict(
+        cls, d: dict[str, Any], source: str = "LatentDiffusionConfig", required=()
+    ) -> LatentDiffusionConfig:
+        """Checked field by field (types, the geometry's too, then ranges and sizes);
+        errors name ``source``."""
+        if isinstance(d, dict) and isinstance(d.get("geometry"), dict):
+            check_fields(Geometry, d["geometry"], f"{source}: geometry")
+        return build_config(cls, d, source, required)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> LatentDiffusionConfig:
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str, source: str = "LatentDiffusionConfig") -> LatentDiffusionConfig:
+        return cls.from_dict(parse_json(text, source), source)
+
+    @classmethod
+    def from_file(cls, path) -> LatentDiffusionConfig:
+        """A saved config.json, validated whole before anything is built (the file named)."""
+        return cls.from_dict(read_json_config(path), str(path), REQUIRED_IN_FILE)
 
     def replace(self, **changes: Any) -> LatentDiffusionConfig:
         return dataclasses.replace(self, **changes)

@@ -40,7 +40,6 @@ Options of a call:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -49,9 +48,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from x2ct.autoencoder import CTAutoencoder
+from x2ct.autoencoder import AutoencoderConfig, CTAutoencoder
 from x2ct.data import ct_to_drr, hu_to_unit, unit_to_hu
 from x2ct.diffusion.calibration import fit_display_curve
 from x2ct.diffusion.config import SAMPLERS, LatentDiffusionConfig
@@ -70,6 +68,7 @@ from x2ct.projector import (
     stack_views,
     view_vectors,
 )
+from x2ct.state import load_weights, write_safetensors
 
 __all__ = [
     "INTENSITIES",
@@ -219,7 +218,7 @@ class Reconstructor:
             for k, v in self.denoiser.state_dict().items()
         }
         with atomic_dir(directory) as tmp:
-            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+            write_safetensors(tmp / WEIGHTS_NAME, state, {"format": "pt"})
             (tmp / CONFIG_NAME).write_text(self.config.to_json())
             self.autoencoder.save_pretrained(tmp / AUTOENCODER_DIR)
         return Path(directory)
@@ -227,12 +226,10 @@ class Reconstructor:
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device="cpu") -> Reconstructor:
         directory = check_pipeline_dir(directory)
-        try:
-            config = LatentDiffusionConfig.from_json((directory / CONFIG_NAME).read_text())
-        except (json.JSONDecodeError, TypeError, ValueError) as e:
-            raise ValueError(f"{directory / CONFIG_NAME}: not a valid model config ({e})") from e
+        config = LatentDiffusionConfig.from_file(directory / CONFIG_NAME)  # names the file
+        AutoencoderConfig.from_file(directory / AUTOENCODER_DIR / CONFIG_NAME)  # before building
         denoiser = LatentDenoiser(config)
-        denoiser.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
+        load_weights(denoiser, directory / WEIGHTS_NAME)
         autoencoder = CTAutoencoder.from_pretrained(directory / AUTOENCODER_DIR)
         return cls(denoiser, autoencoder).to(device)
 

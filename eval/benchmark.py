@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
+from x2ct.cli import InputError, run_main
 from x2ct.eval.memory import device_name, memory_note
 from x2ct.eval.projector_benchmark import (
     describe_setting,
@@ -52,7 +52,7 @@ def _plot(path: Path, series: dict, xlabel: str, title: str, log_x: bool = False
 
 def _check_device(device: str) -> None:
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda asked for, but CUDA is not available")
+        raise InputError("--device cuda asked for, but CUDA is not available")
 
 
 # --------------------------------------------------------------------------- projector
@@ -98,7 +98,7 @@ def _pipeline(args):
         try:
             check_pipeline_dir(args.model)
         except FileNotFoundError as e:
-            raise SystemExit(f"error: {e}") from e
+            raise InputError(str(e)) from e
         recon = Reconstructor.from_pretrained(args.model, device=args.device)
         described = f"model {args.model}"
     else:
@@ -106,7 +106,7 @@ def _pipeline(args):
             recon = build_pipeline(args.config, args.ae_config, (args.shape,) * 3,
                                    seed=args.seed).to(args.device)
         except ValueError as e:
-            raise SystemExit(f"error: {e}") from e
+            raise InputError(str(e)) from e
         described = f"random '{args.config}' denoiser + '{args.ae_config}' autoencoder"
     n_params = sum(p.numel() for p in recon.denoiser.parameters())
     n_ae = sum(p.numel() for p in recon.autoencoder.parameters())
@@ -234,4 +234,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -62,6 +62,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from x2ct.cli import InputError, run_main
 from x2ct.diffusion.guidance import ProjectionGuidance
 from x2ct.eval.figures import CasePlanes, case_grid, central_planes, save_figure
 from x2ct.eval.memory import PeakMemory, device_name, memory_note
@@ -298,7 +299,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-lpips", action="store_true", help="do not try LPIPS")
     p.add_argument("--lpips-slices", type=int, default=16, help="slices per plane for LPIPS")
     p.add_argument("--fid-net", default="inception",
-                   help="FID feature network: 'inception', a TorchScript file, or 'none'")
+                   help="FID feature network: 'inception', 'none', or a TorchScript file; "
+                   "TorchScript is code and runs when loaded: give only a file you trust")
     p.add_argument("--fid-slices", type=int, default=16, help="slices per plane and case, FID")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -319,7 +321,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _fail(message: str):
-    raise SystemExit(f"error: {message}")
+    raise InputError(message)
 
 
 # --------------------------------------------------------------------------- setup
@@ -790,4 +792,4 @@ def _write_outputs(out_dir: Path, summary: dict, per_case: list[dict]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

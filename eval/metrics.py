@@ -519,7 +519,9 @@ def load_feature_network(name: str, device="cpu") -> tuple[torch.nn.Module | Non
     (torchvision's ImageNet Inception-v3; needs torchvision and its weights) or the path of
     a TorchScript module mapping slices (N, 1, H, W) in [0, 1] to features (N, F) (or
     (N, F, ...), averaged over the trailing axes), e.g. a network trained on medical
-    images. Loading never downloads silently into a wrong result: failures are reported."""
+    images. Loading never downloads silently into a wrong result: failures are reported.
+    A TorchScript file is a program (its code runs when it is loaded and called): load only
+    files you trust, never one from a stranger's model folder."""
     if name == "inception":
         try:
             net = _InceptionFeatures()

@@ -25,6 +25,9 @@
   projection error against the field's own DRRs: ``x2ct.eval.metrics``) and saved with an
   affine that puts it where the field lies in the CT. A CT cut at the skin or
   reconstructed on a small field gives X-rays through what it holds: a warning says so.
+- ``--out``: a folder; one holding outputs of an earlier run is refused unless
+  ``--overwrite`` (which removes them all first). It is checked to be writable before
+  the work starts.
 
 Options:
 
@@ -62,10 +65,14 @@ from pathlib import Path
 
 import torch
 
+from x2ct.cli import InputError, run_main
 from x2ct.data.cases import truncation_message
 from x2ct.eval.figures import reconstruction_figure, save_figure
 from x2ct.eval.metrics import ct_metrics
-from x2ct.fileio import atomic_path
+from x2ct.fileio import atomic_path, prepare_out_dir
+
+OUTPUTS = ("ct.nii.gz", "std.nii.gz", "reconstruction.png", "metrics.json", "reconstruction.json")
+"""Every file this command may write into --out (refused there without --overwrite)."""
 
 
 # --------------------------------------------------------------------------- inputs
@@ -161,6 +168,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "default the middle of the spine found")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace this command's outputs in --out (all of them: none of an earlier run "
+        "is left beside the new ones); without it such a folder is refused",
+    )
+    p.add_argument(
         "--geometry",
         help="geometry.json of the radiographs (x2ct-radiographs/1, as python -m "
         "x2ct.projector writes; default: a geometry.json beside the images, if any)",
@@ -192,6 +205,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--lateral needs --ap: the model reconstructs from both views")
     if args.num_samples < 1:
         p.error("--num-samples must be >= 1")
+    if args.batch_size is not None and args.batch_size < 1:
+        p.error("--batch-size must be >= 1")
+    if args.steps is not None and args.steps < 1:
+        p.error("--steps must be >= 1")
+    if args.guidance is not None and not 0 <= args.guidance < float("inf"):
+        p.error(f"--guidance must be a finite number >= 0, got {args.guidance}")
     check_guidance_arguments(p, args)
     return args
 
@@ -216,8 +235,9 @@ def _write_json(path: Path, payload: dict) -> None:
 
 
 def main(argv=None) -> dict:
+    from x2ct.autoencoder import AutoencoderConfig
     from x2ct.data import save_ct
-    from x2ct.diffusion import Reconstructor
+    from x2ct.diffusion import LatentDiffusionConfig, Reconstructor
     from x2ct.diffusion.pipeline import check_pipeline_dir
 
     args = parse_args(argv)
@@ -225,20 +245,21 @@ def main(argv=None) -> dict:
     # ---- every check that can fail before any compute
     try:
         check_pipeline_dir(args.model)
-        config = json.loads((Path(args.model) / "config.json").read_text())
-        ae_config = json.loads((Path(args.model) / "autoencoder" / "config.json").read_text())
+        config = LatentDiffusionConfig.from_file(Path(args.model) / "config.json").to_dict()
+        ae_config = AutoencoderConfig.from_file(
+            Path(args.model) / "autoencoder" / "config.json"
+        ).to_dict()
         for path in (args.ct, args.ap, args.lateral, args.geometry):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{path}: no such file")
-    except (FileNotFoundError, json.JSONDecodeError) as e:
-        raise SystemExit(f"error: {e}") from e
+    except (FileNotFoundError, ValueError) as e:
+        raise InputError(str(e)) from e
     window = tuple(ae_config["hu_window"])
     gt_hu = xrays = case = field_drr = radiographs = None
     intensity, geometries, mirror = "line_integral", None, (False, False)
     try:
         if args.ap is not None:
             from x2ct.data import prepare_radiographs
-            from x2ct.diffusion.config import LatentDiffusionConfig
 
             model_config = LatentDiffusionConfig.from_dict(config)
             nominal = model_config.geometry_obj
@@ -277,10 +298,11 @@ def main(argv=None) -> dict:
             if message:
                 print(f"warning: {message}")
     except (ValueError, OSError, KeyError, TypeError) as e:
-        raise SystemExit(f"error: {e}") from e
+        raise InputError(str(e)) from e
 
     guidance, pose = options(args)
     recon = Reconstructor.from_pretrained(args.model, device=args.device)
+    prepare_out_dir(out_dir, OUTPUTS, args.overwrite)  # before the work, not after
     effective = recon.projection_guidance_for(guidance)
     t0 = time.perf_counter()
     out = recon(
@@ -365,4 +387,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -18,13 +18,13 @@ import argparse
 import dataclasses
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from x2ct.cli import InputError, run_main
 from x2ct.fileio import atomic_path
 from x2ct.projector.attenuation import DRR_SCALE, hu_to_mu
 from x2ct.projector.geometry import Geometry, view_vectors
@@ -159,13 +159,13 @@ def _check_radiograph_args(args) -> None:
     for name in ("pixel_spacing", "render_mm", "sid", "sod", "mas"):
         value = getattr(args, name)
         if not (math.isfinite(value) and value > 0):
-            raise SystemExit(f"--{name.replace('_', '-')} must be positive, got {value}")
+            raise InputError(f"--{name.replace('_', '-')} must be positive, got {value}")
     if min(args.detector_mm) <= 0:
-        raise SystemExit(f"--detector-mm must be positive, got {args.detector_mm}")
+        raise InputError(f"--detector-mm must be positive, got {args.detector_mm}")
     if args.sid <= args.sod:
-        raise SystemExit(f"--sid ({args.sid} mm) must exceed --sod ({args.sod} mm)")
+        raise InputError(f"--sid ({args.sid} mm) must exceed --sod ({args.sod} mm)")
     if args.render_mm < args.pixel_spacing:
-        raise SystemExit(f"--render-mm ({args.render_mm}) must be at least --pixel-spacing "
+        raise InputError(f"--render-mm ({args.render_mm}) must be at least --pixel-spacing "
                          f"({args.pixel_spacing})")
 
 
@@ -275,9 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.radiograph:
         return _radiographs(args)
     if args.size < 1:
-        raise SystemExit(f"--size must be a positive number of pixels, got {args.size}")
+        raise InputError(f"--size must be a positive number of pixels, got {args.size}")
     return _drrs(args)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -8,6 +8,7 @@ import math
 import pytest
 from latent_helpers import tiny_reconstructor
 
+from x2ct.cli import InputError
 from x2ct.eval import benchmark
 
 
@@ -92,7 +93,7 @@ def test_reconstruct_benchmark_of_a_random_named_pipeline(tmp_path):
     assert payload["model"] is None and payload["config"] == "tiny"
     assert payload["latent_size"] == [4, 4, 4]
     assert [c["steps"] for c in payload["cases"]] == [1, 2]
-    with pytest.raises(SystemExit, match="config.json"):
+    with pytest.raises(InputError, match="config.json"):
         benchmark.main(["reconstruct", "--model", str(tmp_path)])
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from latent_helpers import CT_SHAPE, SPACING, tiny_reconstructor
 
+from x2ct.cli import InputError
 from x2ct.data import spine_phantom
 from x2ct.eval import evaluate
 
@@ -171,18 +172,18 @@ def test_clear_errors_before_any_work(models, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("no CTs here")
-    with pytest.raises(SystemExit, match="no CT volumes found"):
+    with pytest.raises(InputError, match="no CT volumes found"):
         evaluate.main(["--model", str(models / "a" / "model"), "--data", str(empty),
                        "--out", str(out)])
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "model.safetensors").write_bytes(b"")
-    with pytest.raises(SystemExit, match="config.json"):
+    with pytest.raises(InputError, match="config.json"):
         evaluate.main(["--model", str(broken), "--phantoms", "1", "--out", str(out)])
-    with pytest.raises(SystemExit, match="model folder not found"):
+    with pytest.raises(InputError, match="model folder not found"):
         evaluate.main(["--autoencoder", str(tmp_path / "nowhere"), "--phantoms", "1",
                        "--out", str(out)])
-    with pytest.raises(SystemExit, match="overlap"):
+    with pytest.raises(InputError, match="overlap"):
         evaluate.main(["--baseline", "mean-ct", "--phantoms", "2", "--phantom-seed", "3",
                        "--out", str(out)])
     with pytest.raises(SystemExit):  # argparse: nothing to evaluate

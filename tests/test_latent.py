@@ -24,6 +24,7 @@ from train_helpers import (
 )
 
 import x2ct.train.latent as latent_script
+from x2ct.cli import InputError
 from x2ct.diffusion import Reconstructor
 from x2ct.projector import AcquisitionRange
 from x2ct.train.checkpoint import find_latest_checkpoint
@@ -99,7 +100,7 @@ def test_training_writes_the_pipeline_and_resumes_exactly(
 
 
 def test_run_folder_refuses_other_settings_and_ablation_switches(tmp_path, autoencoder_dir):
-    with pytest.raises(SystemExit, match="no trained autoencoder"):
+    with pytest.raises(InputError, match="no trained autoencoder"):
         main(train_args(tmp_path / "r", tmp_path / "missing_ae", "--max-steps", "1"))
     assert not (tmp_path / "r").exists()
     run = tmp_path / "run"
@@ -118,7 +119,7 @@ def test_run_folder_refuses_other_settings_and_ablation_switches(tmp_path, autoe
     recon = Reconstructor.from_pretrained(run / "model")
     assert recon.config.geometry_aware is False and recon.config.projection_weight == 0.0
     assert recon.denoiser.backprojector is None
-    with pytest.raises(SystemExit, match="batch-size"):
+    with pytest.raises(InputError, match="batch-size"):
         main(
             train_args(
                 run,

@@ -9,6 +9,7 @@ import pytest
 import torch
 from latent_helpers import CT_SHAPE, SPACING, one_thread, tiny_reconstructor  # noqa: F401
 
+from x2ct.cli import InputError
 from x2ct.data import load_ct, save_ct, save_xray_png, spine_phantom
 from x2ct.eval.reconstruct import main
 
@@ -118,7 +119,7 @@ def test_declared_geometry_must_match(tmp_path, model_dir):
         "--steps",
         "2",
     ]
-    with pytest.raises(SystemExit, match="allow-geometry-mismatch"):
+    with pytest.raises(InputError, match="allow-geometry-mismatch"):
         main(args)
     assert not (tmp_path / "out").exists()
     main(args + ["--allow-geometry-mismatch"])
@@ -132,9 +133,9 @@ def test_errors_come_before_any_compute(tmp_path, model_dir, ct_path):
         main(["--model", str(model_dir), "--ap", str(ap), *out])
     bad = tmp_path / "lateral.png"
     bad.write_bytes(b"not an image")
-    with pytest.raises(SystemExit, match="cannot read"):
+    with pytest.raises(InputError, match="cannot read"):
         main(["--model", str(model_dir), "--ap", str(ap), "--lateral", str(bad), *out])
-    with pytest.raises(SystemExit, match="no such file"):
+    with pytest.raises(InputError, match="no such file"):
         main(
             ["--model", str(model_dir), "--ap", str(ap), "--lateral", str(tmp_path / "x.png"), *out]
         )
@@ -143,6 +144,6 @@ def test_errors_come_before_any_compute(tmp_path, model_dir, ct_path):
             main(["--model", str(model_dir), *gone, *out])
     empty = tmp_path / "empty_model"
     empty.mkdir()
-    with pytest.raises(SystemExit, match="config.json"):
+    with pytest.raises(InputError, match="config.json"):
         main(["--model", str(empty), "--ct", str(ct_path), *out])
     assert not (tmp_path / "out").exists()

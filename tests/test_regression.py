@@ -7,6 +7,7 @@ import pytest
 import torch
 from latent_helpers import one_thread, tiny_autoencoder, tiny_denoiser, train_args, xrays  # noqa: F401
 
+from x2ct.cli import InputError
 from x2ct.diffusion import (
     LatentDiffusionConfig,
     ProjectionGuidance,
@@ -82,5 +83,5 @@ def test_runs_started_before_the_flag_resume_and_others_are_refused(tmp_path):
     run.root.mkdir(parents=True, exist_ok=True)
     run.args_json.write_text(json.dumps({"lr": 1e-3}))  # written before --objective existed
     check_resume_args(run, record)  # the default: the same run
-    with pytest.raises(SystemExit, match="objective"):
+    with pytest.raises(InputError, match="objective"):
         check_resume_args(run, {**record, "objective": "regression"})

@@ -39,14 +39,14 @@ def test_save_and_resume_checkpoint(tmp_path):
     opt = torch.optim.Adam(model.parameters(), lr=0.1)
     ema, counter = EMA(model, 0.9), StepCounter()
     model, opt = accelerator.prepare(model, opt)
-    accelerator.register_for_checkpointing(ema, counter)
+    state = {"model": model, "optimizer": opt, "ema": ema, "step": counter}
     for step in range(1, 6):
         model(torch.randn(4, 3)).pow(2).mean().backward()
         opt.step()
         opt.zero_grad()
         ema.update(model)
         counter.step = step
-        save_checkpoint(accelerator, tmp_path, step, keep=2)
+        save_checkpoint(accelerator, tmp_path, step, state, keep=2)
     # only the last two survive, no temporaries
     assert sorted(os.listdir(tmp_path)) == ["step_0000004", "step_0000005"]
     saved = {k: v.clone() for k, v in model.state_dict().items()}
@@ -61,7 +61,7 @@ def test_save_and_resume_checkpoint(tmp_path):
     counter.step = 0
     model(torch.randn(4, 3)).pow(2).mean().backward()
     opt.step()
-    assert resume_latest(accelerator, tmp_path).name == "step_0000005"
+    assert resume_latest(accelerator, tmp_path, state).name == "step_0000005"
     assert counter.step == 5
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, saved[k], rtol=0, atol=0)

@@ -29,6 +29,7 @@ from x2ct.autoencoder.losses import (
     make_discriminator,
     reconstruction_loss,
 )
+from x2ct.cli import run_main
 from x2ct.data.transforms import hu_to_unit
 from x2ct.eval.metrics import unit_metrics
 from x2ct.train.checkpoint import resume_latest
@@ -41,6 +42,7 @@ from x2ct.train.loop import (
     args_record,
     build_optimizer,
     end_of_step,
+    finish_run,
     run_accelerator,
     save_last_checkpoint,
     val_seeds,
@@ -177,10 +179,12 @@ def main(argv=None) -> Path:
         disc = d_optimizer = None
         model, optimizer = accelerator.prepare(model, optimizer)
     ema.model.to(device)
-    # The scheduler is registered rather than prepared: prepared, it would step once per
-    # process per step and the LR schedule would depend on the number of processes.
-    accelerator.register_for_checkpointing(scheduler, ema, counter)
-    resumed = resume_latest(accelerator, run.checkpoints)
+    # The scheduler is not prepared: prepared, it would step once per process per step
+    # and the LR schedule would depend on the number of processes.
+    state = dict(model=model, optimizer=optimizer, scheduler=scheduler, ema=ema, step=counter)
+    if disc is not None:
+        state.update(discriminator=disc, d_optimizer=d_optimizer)
+    resumed = resume_latest(accelerator, run.checkpoints, state)
     if resumed is not None:
         accelerator.print(f"resumed from {resumed} at step {counter.step}")
 
@@ -280,10 +284,10 @@ def main(argv=None) -> Path:
                 fig = reconstruction_figure(val_volumes[0], first[0], f"step {step} (EMA)")
                 save_figure(fig, run.figures / f"val_step_{step:07d}.png", tb, "val/planes", step)
             accelerator.wait_for_everyone()
-        if end_of_step(accelerator, run, step, steps_this_run, args, bar):
+        if end_of_step(accelerator, run, step, steps_this_run, args, bar, state):
             return run.root  # as if killed here: no final checkpoint, no final model
     bar.close()
-    save_last_checkpoint(accelerator, run, counter.step, args)
+    save_last_checkpoint(accelerator, run, counter.step, args, state)
 
     # ---- final model: EMA weights with the latent scaling fitted on training volumes
     final = ema.model
@@ -301,9 +305,9 @@ def main(argv=None) -> Path:
             f"saved {run.model}"
         )
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    finish_run(accelerator, run)
     return run.model
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

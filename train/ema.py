@@ -4,7 +4,7 @@
 
 (the warm-up of d keeps early averages from remembering the random initialisation).
 Buffers are copied. `state_dict`/`load_state_dict` make it checkpointable with
-`accelerator.register_for_checkpointing(ema)`.
+`x2ct.train.checkpoint.save_checkpoint` (safetensors + JSON, never pickle).
 """
 
 from __future__ import annotations

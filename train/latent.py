@@ -40,11 +40,11 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch.utils.data import ConcatDataset, Dataset
 from tqdm.auto import tqdm
 
 from x2ct.autoencoder import CTAutoencoder
+from x2ct.cli import InputError, run_main
 from x2ct.data import (
     CTFolderDataset,
     PhantomDataset,
@@ -70,6 +70,7 @@ from x2ct.eval.memory import peak_memory_mb
 from x2ct.eval.metrics import ct_metrics
 from x2ct.fileio import atomic_path
 from x2ct.projector import DRR_SCALE, AcquisitionRange
+from x2ct.train.cache import load_latent_cache
 from x2ct.train.checkpoint import resume_latest
 from x2ct.train.ema import EMA
 from x2ct.train.loop import (
@@ -80,6 +81,7 @@ from x2ct.train.loop import (
     args_record,
     build_optimizer,
     end_of_step,
+    finish_run,
     run_accelerator,
     save_last_checkpoint,
     weights_checksum,
@@ -102,6 +104,7 @@ RESUMABLE = {
     "no_tensorboard",
     "val_steps",
     "argv",
+    "run_dir",  # a run folder may be moved and resumed
 }
 # Flags added after runs were started: a run folder whose args.json lacks one ran with
 # this value, so resuming it with today's default is the same run.
@@ -263,7 +266,7 @@ def config_overrides(args) -> dict:
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"--set takes KEY=VALUE, got {item!r}")
+            raise InputError(f"--set takes KEY=VALUE, got {item!r}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -293,7 +296,7 @@ def check_resume_args(run: RunDir, args: dict) -> None:
         detail = ", ".join(
             f"--{k.replace('_', '-')} {a!r} -> {b!r}" for k, (a, b) in changed.items()
         )
-        raise SystemExit(
+        raise InputError(
             f"{run.root} holds a run with other settings ({detail}); "
             "use another --run-dir, or the same settings to resume it"
         )
@@ -383,26 +386,6 @@ def network_xrays(
     return x
 
 
-def load_latent_cache(accelerator, path: Path, key: str, build) -> dict[str, torch.Tensor]:
-    """The cache at ``path`` if it was made with ``key``; else the main process builds and
-    writes it (atomically) while the others wait, then everyone reads it."""
-
-    def valid() -> bool:
-        if not path.is_file():
-            return False
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            return (f.metadata() or {}).get("key") == key
-
-    if accelerator.is_main_process and not valid():
-        tensors = build()
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"key": key})
-    accelerator.wait_for_everyone()
-    return load_file(str(path))
-
-
 @torch.no_grad()
 def validate(recon: Reconstructor, val: list[dict], steps: int, seed: int):
     """Reconstruct the validation cases (DDIM, ``steps``, along each case's views); mean
@@ -430,19 +413,20 @@ def init_from(model: LatentDenoiser, directory: str) -> None:
     the same shapes as ``model``'s (a checkpoint of this run, when there is one, is loaded
     over them afterwards)."""
     from x2ct.diffusion.pipeline import WEIGHTS_NAME, check_pipeline_dir
+    from x2ct.state import read_safetensors
 
     try:
         folder = check_pipeline_dir(directory)
-    except FileNotFoundError as e:
-        raise SystemExit(f"--init-from: {e}") from e
-    state = load_file(str(folder / WEIGHTS_NAME))
+        state = read_safetensors(folder / WEIGHTS_NAME)[0]
+    except (FileNotFoundError, ValueError) as e:
+        raise InputError(f"--init-from: {e}") from e
     mine = model.state_dict()
     wrong = sorted(
         k for k in set(mine) | set(state)
         if k not in mine or k not in state or mine[k].shape != state[k].shape
     )
     if wrong:
-        raise SystemExit(
+        raise InputError(
             f"--init-from {directory}: its networks differ from this run's "
             f"({len(wrong)} tensors, e.g. {wrong[:3]}); use the same --config and --set"
         )
@@ -453,7 +437,7 @@ def check_autoencoder(directory: str) -> None:
     """A clear error, before anything starts, when the autoencoder folder is not there."""
     ok = all((Path(directory) / name).is_file() for name in ("config.json", "model.safetensors"))
     if not ok:
-        raise SystemExit(
+        raise InputError(
             f"no trained autoencoder at {directory} (config.json + model.safetensors): train "
             "one first (python train/autoencoder.py --run-dir runs/ae, then use runs/ae/model) "
             "and pass --autoencoder DIR, or put it at models/ae-kl-tiny"
@@ -553,9 +537,9 @@ def main(argv=None) -> Path:
     counter = StepCounter()
     model, optimizer = accelerator.prepare(model, optimizer)
     ema.model.to(device)
-    # registered rather than prepared: prepared, the scheduler would step once per process
-    accelerator.register_for_checkpointing(scheduler, ema, counter)
-    resumed = resume_latest(accelerator, run.checkpoints)
+    # the scheduler is not prepared: prepared, it would step once per process
+    state = dict(model=model, optimizer=optimizer, scheduler=scheduler, ema=ema, step=counter)
+    resumed = resume_latest(accelerator, run.checkpoints, state)
     n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
     accelerator.print(
         f"latent diffusion '{args.config}': {n_params / 1e6:.2f} M parameters, latents "
@@ -660,10 +644,10 @@ def main(argv=None) -> Path:
             if accelerator.is_main_process:
                 validation(step)
             accelerator.wait_for_everyone()
-        if end_of_step(accelerator, run, step, steps_this_run, args, bar):
+        if end_of_step(accelerator, run, step, steps_this_run, args, bar, state):
             return run.root  # as if killed here: no final checkpoint, no final model
     bar.close()
-    save_last_checkpoint(accelerator, run, counter.step, args)
+    save_last_checkpoint(accelerator, run, counter.step, args, state)
 
     # ---- final pipeline (EMA weights), final validation and metrics
     write_checksums(accelerator, run, model, ema.model)  # replicas must agree
@@ -689,9 +673,9 @@ def main(argv=None) -> Path:
             "continue:     rerun the same command (resumes from the last checkpoint)"
         )
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    finish_run(accelerator, run)
     return run.model
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

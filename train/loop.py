@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from x2ct.train.checkpoint import save_checkpoint
-from x2ct.train.run import RunDir, build_accelerator
+from x2ct.train.run import RunDir, build_accelerator, unlock_run_dir
 
 __all__ = [
     "VAL_SEED_OFFSET",
@@ -28,6 +28,7 @@ __all__ = [
     "run_accelerator",
     "lr_lambda",
     "end_of_step",
+    "finish_run",
     "save_last_checkpoint",
     "val_seeds",
     "weights_checksum",
@@ -123,8 +124,8 @@ def lr_lambda(warmup: int, schedule: str, max_steps: int):
 
 def build_optimizer(model: torch.nn.Module, args: argparse.Namespace):
     """(AdamW(betas 0.9, 0.99, no weight decay), its LambdaLR schedule) from the flags of
-    :func:`add_optimisation_args` and --max-steps. Register the schedule for checkpointing
-    rather than preparing it: prepared, it steps once per process per step."""
+    :func:`add_optimisation_args` and --max-steps. Checkpoint the schedule with the other
+    objects rather than preparing it: prepared, it steps once per process per step."""
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0
     )
@@ -138,23 +139,32 @@ def add_terms(logs: dict, terms: Mapping[str, torch.Tensor], grad_accum: int) ->
         logs[f"train/{name}"] = logs.get(f"train/{name}", 0.0) + float(v.detach()) / grad_accum
 
 
-def end_of_step(accelerator, run: RunDir, step: int, steps_this_run: int, args, bar) -> bool:
-    """After a step's logs and validation: the --save-every checkpoint; True when
+def end_of_step(
+    accelerator, run: RunDir, step: int, steps_this_run: int, args, bar, state
+) -> bool:
+    """After a step's logs and validation: the --save-every checkpoint of ``state`` (the
+    objects by name, :func:`~x2ct.train.checkpoint.save_checkpoint`); True when
     --stop-after-steps says stop here, as if the run were killed (no final checkpoint, no
     final model; the tests' stand-in for a killed run)."""
     if step % args.save_every == 0:
-        save_checkpoint(accelerator, run.checkpoints, step, keep=args.keep)
+        save_checkpoint(accelerator, run.checkpoints, step, state, keep=args.keep)
     if args.stop_after_steps is not None and steps_this_run >= args.stop_after_steps:
         bar.close()
-        accelerator.end_training()
+        finish_run(accelerator, run)
         return True
     return False
 
 
-def save_last_checkpoint(accelerator, run: RunDir, step: int, args) -> None:
-    """The end-of-run checkpoint, unless --save-every has just written it."""
+def finish_run(accelerator, run: RunDir) -> None:
+    """End the trackers and release the run folder's lock (train/run.py)."""
+    accelerator.end_training()
+    unlock_run_dir(run)
+
+
+def save_last_checkpoint(accelerator, run: RunDir, step: int, args, state) -> None:
+    """The end-of-run checkpoint of ``state``, unless --save-every has just written it."""
     if step % args.save_every != 0:
-        save_checkpoint(accelerator, run.checkpoints, step, keep=args.keep)
+        save_checkpoint(accelerator, run.checkpoints, step, state, keep=args.keep)
 
 
 # --------------------------------------------------------------------------- fingerprints

@@ -2,23 +2,35 @@
 
 Layout of a run folder RUN/:
     RUN/args.json                       the command's arguments (written by the main process)
-    RUN/checkpoints/step_0000100/       accelerator.save_state (train/checkpoint.py)
+    RUN/checkpoints/step_0000100/       training state, safetensors + JSON (train/checkpoint.py)
     RUN/logs/                           TensorBoard
     RUN/figures/                        PNGs (train/figures.py)
     RUN/model/                          final save_pretrained
+    RUN/.lock                           held (flock) by the training process; its PID inside
+
+One trainer per run folder: the main process takes an advisory lock on RUN/.lock
+(``fcntl.flock``; the kernel releases it when the process ends, even by kill -9) before
+it writes anything, and a second trainer is refused with the holder's PID. Under the lock,
+what killed runs left half-written (hidden temporaries, ``step_*.tmp`` checkpoints) is
+removed. Nothing in the folder records its own path: a run folder can be moved and resumed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast, set_seed
+
+from x2ct.cli import InputError
+from x2ct.fileio import remove_stale_temporaries
 
 
 @dataclass(frozen=True)
@@ -44,6 +56,10 @@ class RunDir:
     @property
     def args_json(self) -> Path:
         return self.root / "args.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / ".lock"
 
     def make(self) -> RunDir:
         for d in (self.root, self.checkpoints, self.logs, self.figures):
@@ -74,8 +90,20 @@ def build_accelerator(
         log_with=log_with,
         project_config=ProjectConfiguration(project_dir=str(run.root), logging_dir=str(run.logs)),
     )
+    problem = ""
     if accelerator.is_main_process:
-        run.make()
+        try:
+            lock_run_dir(run)
+            run.make()
+            clean_run_dir(run)
+        except RunLockedError as e:
+            problem = str(e)
+    if accelerator.num_processes > 1:  # every process stops if the main one could not lock
+        flag = torch.tensor([1 if problem else 0], device=accelerator.device)
+        if int(broadcast(flag, from_process=0).item()) and not problem:
+            problem = f"{run.root}: locked by another trainer (see the main process's message)"
+    if problem:
+        raise RunLockedError(problem)
     accelerator.wait_for_everyone()
     set_seed(seed)  # python, numpy, torch on every process (same seed everywhere)
     if log_with is not None:
@@ -84,6 +112,57 @@ def build_accelerator(
         }
         accelerator.init_trackers(project_name, config=hparams)
     return accelerator
+
+
+class RunLockedError(InputError):
+    """Another live process trains in this run folder."""
+
+
+_LOCKS: dict[Path, int] = {}  # run folder -> open file descriptor holding its lock
+
+
+def lock_run_dir(run: RunDir) -> None:
+    """Take the advisory lock on RUN/.lock for this process (reentrant: a process that holds
+    it keeps it) and write this process's PID and host into it. Raises RunLockedError,
+    naming the holder's PID, when another live process holds it. Released by
+    :func:`unlock_run_dir` or when the process ends, however it ends."""
+    import fcntl
+
+    key = run.root.resolve()
+    if key in _LOCKS:
+        return
+    run.root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunLockedError(
+            f"{run.root}: another trainer (PID {holder}) is training in this run folder; "
+            "wait for it to end or stop it, or use another --run-dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    _LOCKS[key] = fd
+
+
+def unlock_run_dir(run: RunDir) -> None:
+    """Release this process's lock on the run folder (nothing if it holds none)."""
+    fd = _LOCKS.pop(run.root.resolve(), None)
+    if fd is not None:
+        os.close(fd)  # closing the last descriptor releases the flock
+
+
+def clean_run_dir(run: RunDir) -> list[Path]:
+    """Remove what killed runs left half-written: hidden temporaries of atomic writes in
+    RUN/ and RUN/checkpoints/, and ``step_*.tmp`` checkpoint folders. Call under the lock."""
+    removed = remove_stale_temporaries(run.root) + remove_stale_temporaries(run.checkpoints)
+    if run.checkpoints.is_dir():
+        for p in run.checkpoints.glob("step_*.tmp"):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
 
 
 def multi_process_without_gpu() -> bool:

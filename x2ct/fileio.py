@@ -8,14 +8,15 @@ on POSIX and Windows within one file system).
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_dir"]
+__all__ = ["atomic_path", "atomic_dir", "prepare_out_dir", "remove_stale_temporaries"]
 
 
 @contextlib.contextmanager
@@ -76,3 +77,96 @@ def _merge(src: Path, dst: Path) -> None:
             _merge(entry, target)
         else:
             os.replace(entry, target)
+
+
+# Names atomic_path and atomic_dir give their temporaries: ".NAME.<hex>.tmp<suffix>" and
+# ".NAME.tmp-<random>"; a killed writer leaves them behind.
+def _is_temporary_of(entry: str, name: str) -> bool:
+    return fnmatch.fnmatchcase(entry, f".{name}.*.tmp*") or entry.startswith(f".{name}.tmp-")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names: Sequence[str] | None = None
+                             ) -> list[Path]:
+    """Delete what killed atomic writes left in ``folder`` (hidden ``.NAME...tmp...``
+    files and folders; of ``names`` only, or of any name): call it only where no other
+    writer can be at work (under a run folder's lock, or on a command's own outputs).
+    Returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in folder.iterdir():
+        if not entry.name.startswith("."):
+            continue
+        if names is None:
+            stale = ".tmp" in entry.name
+        else:
+            stale = any(_is_temporary_of(entry.name, n) for n in names)
+        if stale:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def prepare_out_dir(
+    path: str | os.PathLike,
+    outputs: Sequence[str],
+    overwrite: bool = False,
+    need_bytes: int = 0,
+) -> Path:
+    """Make ``path`` ready for a command's ``outputs`` (file names) before any compute.
+
+    - ``path`` must be a folder or not exist (it is created, with its parents);
+    - it must be writable: a probe file is written, flushed to disk and removed, so a
+      read-only folder, /proc or a full disk fail here, not after the work;
+    - ``need_bytes`` > 0: the file system must have that much free space;
+    - outputs of an earlier run there (any name in ``outputs``) are refused unless
+      ``overwrite``, in which case all of them are removed first, so an old ``std.nii.gz``
+      or ``metrics.json`` never lies beside a new ``ct.nii.gz``. Other files are kept.
+      Temporaries of killed writes of these outputs are removed.
+
+    Raises:
+        ValueError: the message names ``path`` and what to do.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path}: exists and is not a folder; --out must be a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot create the output folder ({e.strerror or e})") from e
+    earlier = [n for n in outputs if (path / n).exists() or (path / n).is_symlink()]
+    if earlier and not overwrite:
+        raise ValueError(
+            f"{path}: already holds {', '.join(earlier)} from an earlier run; pass "
+            "--overwrite to replace this command's outputs there, or choose another --out"
+        )
+    probe = path / f".x2ct-write-probe-{uuid.uuid4().hex}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise ValueError(f"{path}: the output folder is not writable ({e.strerror or e})") from e
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    if need_bytes > 0:
+        free = shutil.disk_usage(path).free
+        if free < need_bytes:
+            raise ValueError(
+                f"{path}: {free / 2**20:.1f} MiB free, the outputs need about "
+                f"{need_bytes / 2**20:.1f} MiB"
+            )
+    for name in earlier:
+        target = path / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+    remove_stale_temporaries(path, outputs)
+    return path
