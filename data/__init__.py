@@ -32,8 +32,11 @@ _EXPORTS = {
         "LEVEL_NAMES",
         "SACRUM_LABEL",
         "Phantom",
+        "PhantomOptions",
+        "body_bounds",
         "phantom_id",
         "spine_phantom",
+        "whole_body_grid",
     ],
     "transforms": [
         "BONE_HU",
@@ -64,10 +67,12 @@ __all__ = [
     "LoadCTd",
     "Phantom",
     "PhantomDataset",
+    "PhantomOptions",
     "SACRUM_LABEL",
     "UnitToHUd",
     "XrayAugment",
     "augment_generator",
+    "body_bounds",
     "centred_affine",
     "ct_to_drr",
     "default_cache_dir",
@@ -86,6 +91,7 @@ __all__ = [
     "split_ids",
     "split_of",
     "unit_to_hu",
+    "whole_body_grid",
 ]
 
 
