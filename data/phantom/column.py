@@ -409,7 +409,7 @@ def build_column(seed: int, region: str, feat: Features) -> Column:
         vt.shell = shell * rng.uniform(0.9, 1.1)
 
     # Pathology: degeneration (discs, rims, endplates), fractures.
-    prng = stream(seed, "pathology")
+    prng = stream(seed, "degeneration")
     vacuum: dict[int, float] = {}
     if feat.degeneration:
         weights = {20: 0.05, 21: 0.1, 22: 0.2, 23: 0.35, 24: 0.3, 18: 0.05, 19: 0.05, 14: 0.05,
@@ -428,6 +428,7 @@ def build_column(seed: int, region: str, feat: Features) -> Column:
             if loss > 0.35 and prng.uniform() < 0.5:
                 vacuum[lv] = prng.uniform(0.25, 0.5)
     fractures = []
+    prng = stream(seed, "fracture")
     if feat.fracture:
         weights = {13: 0.04, 14: 0.08, 15: 0.08, 16: 0.05, 17: 0.05, 18: 0.1, 19: 0.2, 20: 0.2,
                    21: 0.1, 22: 0.05, 23: 0.05}  # fmt: skip

@@ -54,9 +54,13 @@ def build_metal(seed: int, col: Column) -> list[dict]:
         for side in (-1.0, 1.0):
             p = vt.pedicle_centre(side)
             d = np.array([-side * math.sin(gamma), math.cos(gamma), 0.0])
-            entry = p - d * (abs(vt.canal_v - p[1]) + vt.p["lam_t"] + 8.0)
-            room = (0.85 * vt.p["body_d"] / 2 - entry[1]) / d[1]
-            length = float(min(rng.uniform(*A.SCREW["length"]), room))
+            pedicle = abs(-0.85 * vt.p["body_d"] / 2 + 3.0 - vt.canal_v)
+            entry = p - d * (pedicle / 2 + vt.p["lam_t"] / 2 + 2.0)
+            b = vt.p["body_d"] / 2
+            # Tip in the anterior third of the body, short of the anterior cortex.
+            want = (rng.uniform(0.3, 0.6) * b - entry[1]) / d[1]
+            room = (0.85 * b - entry[1]) / d[1]
+            length = float(min(np.clip(want, *A.SCREW["length"]), room))
             tip = entry + d * length
             screws.append(dict(label=lv, side=side, entry=vt.to_world(entry),
                                tip=vt.to_world(tip), radius=diameter_lv / 2,

@@ -67,7 +67,7 @@ class PhantomOptions:
 
         for name in ("metal", "fracture", "degeneration", "calcification", "table", "arms",
                      "scoliosis"):  # fmt: skip
-            if getattr(self, name) not in (None, True, False):
+            if not (getattr(self, name) is None or isinstance(getattr(self, name), bool)):
                 bad(name, "True, False or None")
         if not isinstance(self.ct_noise, bool):
             bad("ct_noise", "True or False")
