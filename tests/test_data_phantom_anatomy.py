@@ -79,8 +79,13 @@ def test_vertebral_body_dimensions_match_morphometry(seed, region, label, l3):
     depth = loc.run([0, 0, 0], [0, 1, 0])
     h_ant = loc.run([0, 0.6 * b, 0], [0, 0, 1])
     h_post = loc.run([0, -0.6 * b, 0], [0, 0, 1])
+    # Pedicle width: across the pedicle's waist, between the body and the canal's centre.
+    w_arch = hc - v["ped_h"] / 2 - 1.0
+    v_ped = (-0.85 * b + 3.0 + v["canal_v"]) / 2
+    u_ped = v["canal_w"] / 2 + v["ped_w"] / 2
+    ped = min(loc.run([s * u_ped, v_ped, w_arch], [1, 0, 0], reach=20) for s in (-1, 1))
     for value, column in [(width, "body_w"), (depth, "body_d"), (h_ant, "body_ha"),
-                          (h_post, "body_hp")]:
+                          (h_post, "body_hp"), (ped, "ped_w")]:
         lo, hi = _published(label, column)
         assert lo <= value <= hi, (A.LEVEL_NAMES[label], column, value, (lo, hi))
 

@@ -248,7 +248,8 @@ def _info(m: dict, offset, noise_std: float, region: str, seed: int) -> dict:
         offset_mm=list(offset),
         features=dataclasses.asdict(feat),
         body=dict(width_mm=float(2 * o["a"]), depth_mm=float(o["y_ant"] - o["y_post"]),
-                  fat_mm=torso.fat, table=torso.table, arms=torso.arms is not None),  # fmt: skip
+                  fat_mm=torso.fat, table=dict(torso.table) if torso.table else None,
+                  arms=torso.arms is not None),  # fmt: skip
         bmd=feat.bmd,
         lordosis_deg=col.lordosis,
         kyphosis_deg=col.kyphosis,

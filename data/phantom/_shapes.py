@@ -51,7 +51,7 @@ def capsule(q, a, b, radius: float):
     """Exact signed distance to the segment a-b thickened by ``radius``; ``q`` is a tuple
     of three coordinate arrays, ``a``, ``b`` points (3,)."""
     ab = b - a
-    t = sum((q[i] - a[i]) * ab[i] for i in range(3)) / float(ab @ ab)
+    t = sum((q[i] - a[i]) * ab[i] for i in range(3)) / max(float(ab @ ab), 1e-12)
     t = np.clip(t, 0.0, 1.0)
     return np.sqrt(sum((q[i] - a[i] - t * ab[i]) ** 2 for i in range(3))) - radius
 

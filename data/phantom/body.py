@@ -313,17 +313,24 @@ def _place_organs(t: Torso, rng: np.random.Generator) -> None:
 
 
 def _heart_geometry(t: Torso, rng, size: float) -> dict:
+    """The heart in the lower mediastinum: behind the sternum, in front of the spine with
+    room for the aorta and oesophagus (15 mm), left of the midline; long axis pointing
+    left, anterior and down. Smaller in a shallow chest."""
     col = t.col
     z = np.float32(col.z_of(15) - rng.uniform(0.0, 15.0))
     cg = t.cage(z)
-    y_front = float(cg["yc"] + cg["b"])
+    pr = col.profile(z)
+    y_front = float(cg["yc"] + cg["b"]) - 6.0
+    y_back = float(pr["y"] + pr["half_d"]) + 15.0
     ln, wd, dp = (s * size * rng.uniform(0.9, 1.1) for s in A.ORGANS["heart"])
+    fit = min(1.0, (y_front - y_back) / (0.8 * dp + 0.25 * ln))
+    ln, wd, dp = ln * fit, wd * fit, dp * fit
     axis = np.array([-0.55, 0.5, -0.45])
     axis /= np.linalg.norm(axis)
     e2 = np.cross(axis, [0.0, 0.0, 1.0])
     e2 /= np.linalg.norm(e2)
     frame = np.stack([axis, e2, np.cross(axis, e2)], axis=1)
-    centre = np.array([float(cg["xc"]) - 22.0, y_front - dp / 2 - 12.0, float(z)])
+    centre = np.array([float(cg["xc"]) - 22.0, (y_front + y_back) / 2, float(z)])
     return dict(centre=centre, frame=frame, axes=(ln / 2, wd / 2, dp / 2))
 
 
@@ -359,6 +366,7 @@ def _bowel(t: Torso, rng, at) -> list[dict]:
     # Small bowel: loops as random walks in the mid and lower abdomen.
     lo = np.array([-0.55 * a_in, y_spine + 25.0, z_s1 - 40.0])
     hi = np.array([0.55 * a_in, y_front - 15.0, z_l1 - 20.0])
+    hi = np.maximum(hi, lo + 10.0)  # a shallow abdomen still holds a few loops
     for _ in range(int(rng.integers(5, 9))):
         p = rng.uniform(lo, hi)
         pts = [p]

@@ -85,9 +85,12 @@ class Vertebra:
         ])  # fmt: skip
 
     def pedicle_centre(self, side: float) -> np.ndarray:
+        """Local centre of the pedicle on ``side``: its medial wall is the canal's lateral
+        border (the interpedicular distance is the canal width)."""
         p = self.p
         v0, v1 = -0.85 * p["body_d"] / 2 + 3.0, self.canal_v
-        return np.array([side * (p["canal_w"] / 2 + p["lam_t"] / 2), (v0 + v1) / 2, self.arch_w])
+        u = p["canal_w"] / 2 + max(p["ped_w"], p["lam_t"]) / 2 - 0.5
+        return np.array([side * u, (v0 + v1) / 2, self.arch_w])
 
     def to_world(self, q) -> np.ndarray:
         return self.centre + self.frame @ np.asarray(q, dtype=np.float64)
@@ -144,6 +147,8 @@ class Vertebra:
         lam_h = 0.5 * max(p["ped_h"], 0.75 * self.h0)
         v0, v1 = -0.85 * b + 3.0, v_c
 
+        u_ped = self.pedicle_centre(1.0)[0]
+
         def arch(u, v, w):  # laminae around the canal, pedicles joining them to the body
             d_canal = superellipse(u, v - v_c, cu, cv)
             d_outer = superellipse(u, v - v_c, cu + lt, cv + lt)
@@ -152,14 +157,14 @@ class Vertebra:
             d = prism(d_ring, np.abs(w - w_lam) - lam_h)
             for side in (-1.0, 1.0):
                 d_ped = prism(
-                    superellipse(u - side * (cu + lt / 2), w - w_a, p["ped_w"] / 2,
+                    superellipse(u - side * u_ped, w - w_a, p["ped_w"] / 2,
                                  p["ped_h"] / 2),
                     np.abs(v - (v0 + v1) / 2) - (v0 - v1) / 2,
                 )  # fmt: skip
                 d = smin(d, d_ped, 1.5)
             return d
 
-        u_arch = cu + lt + p["ped_w"] / 2 + 1
+        u_arch = max(cu + lt, u_ped + p["ped_w"] / 2) + 1
         out.append(("arch", (-u_arch, v_c - cv - lt - 1, w_a - 0.35 * (cv + lt) - lam_h - 1),
                     (u_arch, v0 + 1, w_a + max(lam_h, p["ped_h"] / 2) + 1), arch))  # fmt: skip
 
