@@ -32,8 +32,10 @@ The patient (sources in :mod:`~x2ct.data.phantom.anatomy`):
 Labels (VerSe): C1-C7 = 1-7, T1-T12 = 8-19, L1-L5 = 20-24, sacrum (S1-S5) = 26, discs =
 :data:`DISC_LABEL` (100), everything else 0.
 
-Speed (one thread, this project's shared 2-core CPU): a 64^3 field at 2 mm in about
-0.5 s, the whole torso at 2 mm (200 x 165 x 115 voxels) in about 4 s (see the README).
+Speed (one thread of this project's shared 2-core CPU, load average ~10, anatomy not
+cached): a 64^3 field at 2 mm in 0.75-1.3 s (median 1.2 s under load), the whole torso at
+2 mm (200 x 165 x 115 voxels) in 4.5-5.5 s; building the anatomy itself takes ~0.2 s and
+the last 8 patients are cached (``body_bounds`` then ``spine_phantom`` builds once).
 
 Command line: ``python -m x2ct.data.phantom --n N --out DIR`` (``--help``).
 """

@@ -307,7 +307,7 @@ def _place_organs(t: Torso, rng: np.random.Generator) -> None:
     org["plaques"] = [
         dict(seg=int(rng.integers(len(nodes) - 7, len(nodes) - 1)), t=float(rng.uniform()),
              angle=float(rng.uniform(0, 2 * math.pi)), length=float(rng.uniform(2.0, 6.0)),
-             radius=float(rng.uniform(1.2, 2.2)), hu=float(rng.uniform(500.0, 1400.0)))
+             radius=float(rng.uniform(1.5, 2.5)), hu=float(rng.uniform(*A.CALCIFICATION_HU)))
         for _ in range(int(rng.integers(2, 14)))
     ]  # fmt: skip
 

@@ -57,7 +57,7 @@ class Vertebra:
     @property
     def h0(self) -> float:
         """Height at the body's centre line (v = 0): the chain's reference."""
-        return float(self.height(0.0))
+        return self.p["hp"] + (self.p["ha"] - self.p["hp"]) * (2.0 / 3.0)  # height(0)
 
     @property
     def wedge_deg(self) -> float:
@@ -533,7 +533,7 @@ def build_column(seed: int, region: str, feat: Features) -> Column:
     return Column(vts, disc_h, vacuum, lordosis, kyphosis, feat.cobb_deg)
 
 
-def _bone_centroid(vt: Vertebra, step: float = 2.0) -> np.ndarray:
+def _bone_centroid(vt: Vertebra, step: float = 3.0) -> np.ndarray:
     """World centroid of the vertebra's bone, on a fixed local grid (independent of the
     phantom's grid)."""
     lo, hi = vt.local_box()
@@ -575,7 +575,9 @@ def _draw_vertebra(canvas: Canvas, vt: Vertebra, noise: LatticeNoise) -> None:
     trab = np.float32(vt.trabecular) * (1.0 + np.float32(rel) * noise.window(canvas, sl))
     if vt.sclerosis > 0:  # endplate sclerosis: a dense band within ~3 mm of the endplates
         hc = vt.height(v) / 2
-        trab = trab + np.float32(vt.sclerosis) * np.clip(1.0 - (hc - np.abs(w)) / 3.0, 0.0, 1.0)
+        band = np.clip(1.0 - (hc - np.abs(w)) / 3.0, 0.0, 1.0) * (np.abs(w) < hc + 2.0)
+        band = band * (v > -0.85 * vt.p["body_d"] / 2)  # in the body only
+        trab = trab + np.float32(vt.sclerosis) * band
     # Thicker cortex in the posterior elements (~0.8 mm) than in the body's shell.
     shell = np.where(v < -0.85 * vt.p["body_d"] / 2, np.float32(max(vt.shell, 0.8)),
                      np.float32(vt.shell))  # fmt: skip
