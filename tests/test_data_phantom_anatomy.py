@@ -284,3 +284,38 @@ def test_ct_noise_level_and_spectrum():
     mid = spec[(fr > 0.1) & (fr <= 0.2)].mean()
     assert mid > 2.0 * low
     assert np.all(noisy.hu[clean.hu == -1000.0] == -1000.0)  # no noise in air
+
+
+def _centroids(seed, **options):
+    """Vertebra centroids (mm) from the labels of a coarse grid over T1-S1."""
+    opts = PhantomOptions(ct_noise=False, metal=False, fracture=False, **options)
+    ph = spine_phantom((40, 48, 170), 4.0, seed=seed, offset_mm=(0.0, 0.0, -150.0),
+                       options=opts)
+    axes = [(np.arange(n) - (n - 1) / 2) * 4.0 - o
+            for n, o in zip(ph.labels.shape, (0.0, 0.0, -150.0))]
+    out = {}
+    for lab in range(8, 25):
+        idx = np.nonzero(ph.labels == lab)
+        if idx[0].size:
+            out[lab] = np.array([axes[k][idx[k]].mean() for k in range(3)])
+    return out
+
+
+def _off_chord(c, top, bottom, mid):
+    """Offset (x, y) of vertebra ``mid`` from the straight line between top and bottom."""
+    t = (c[mid][2] - c[bottom][2]) / (c[top][2] - c[bottom][2])
+    return c[mid][:2] - (c[bottom][:2] + t * (c[top][:2] - c[bottom][:2]))
+
+
+def test_kyphosis_lordosis_and_scoliosis_from_the_labels():
+    straight = _centroids(61, scoliosis=False, cobb_deg=0.0)
+    assert set(range(8, 25)) <= set(straight)
+    # Thoracic kyphosis: the mid-thoracic bodies lie posterior (-y) of the T1-T12 chord;
+    # lumbar lordosis: L3 lies anterior (+y) of the L1-L5 chord.
+    assert _off_chord(straight, 8, 19, 14)[1] < -5.0
+    assert _off_chord(straight, 20, 24, 22)[1] > 1.0
+    assert abs(_off_chord(straight, 8, 24, 16)[0]) < 4.0  # no coronal curve
+    curved = _centroids(61, cobb_deg=35.0)
+    lateral = max(abs(_off_chord(curved, a, b, m)[0])
+                  for a, b, m in [(8, 24, 15), (11, 24, 18), (14, 24, 20), (16, 24, 21)])
+    assert lateral > 8.0  # a 35 deg curve displaces its apex sideways
