@@ -52,18 +52,12 @@ import numpy as np
 
 from x2ct.data.phantom import anatomy as A
 from x2ct.data.phantom.anatomy import DISC_LABEL, LEVEL_NAMES, SACRUM_LABEL
-from x2ct.data.phantom.body import (
-    build_torso,
-    draw_abdomen,
-    draw_muscles,
-    draw_outline,
-    draw_outside,
-    draw_vessels,
-)
+from x2ct.data.phantom.body import build_torso, draw_muscles, draw_outline, draw_outside
 from x2ct.data.phantom.column import CENTRE_LEVEL, build_column, draw_column
 from x2ct.data.phantom.draw import Canvas
 from x2ct.data.phantom.metal import build_metal, draw_metal
 from x2ct.data.phantom.options import PhantomOptions, resolve
+from x2ct.data.phantom.organs import draw_abdomen, draw_vessels, place_organs
 from x2ct.data.phantom.pelvis import build_pelvis, draw_gluteal, draw_ilium
 from x2ct.data.phantom.texture import ct_noise, stream
 from x2ct.data.phantom.thorax import build_thorax, draw_heart, draw_lungs, draw_thoracic_bones
@@ -143,6 +137,7 @@ def _model(seed: int, region: str, options: PhantomOptions | None) -> dict:
     col = build_column(seed, region, feat)
     torso = build_torso(seed, col, feat, options, hu)
     torso.organs["seed"] = seed
+    place_organs(seed, torso)
     thorax = build_thorax(seed, torso)
     pelvis = build_pelvis(seed, torso)
     metal = build_metal(seed, col) if feat.metal else []
@@ -203,7 +198,7 @@ def spine_phantom(
     if options is not None and options.metal_hu is not None:
         metal_hu = float(options.metal_hu)
     draw_metal(canvas, m["metal"], metal_hu)
-    draw_outside(canvas, torso, int(seed))
+    draw_outside(canvas, torso)
 
     noise_std = 0.0
     if feat.ct_noise:

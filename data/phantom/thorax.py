@@ -16,8 +16,9 @@ import math
 import numpy as np
 
 from x2ct.data.phantom._shapes import capsule, prism, superellipse
-from x2ct.data.phantom.body import Torso, _phase
+from x2ct.data.phantom.body import Torso
 from x2ct.data.phantom.draw import Canvas, ellipsoid
+from x2ct.data.phantom.organs import phase_hu
 from x2ct.data.phantom.texture import LatticeNoise, stream
 
 __all__ = ["build_thorax", "draw_heart", "draw_lungs", "draw_thoracic_bones"]
@@ -245,7 +246,7 @@ def draw_lungs(canvas: Canvas, t: Torso, th: dict) -> None:
     d_lung = np.maximum(d_lung, apex)
     tex = LatticeNoise(t.organs["seed"], "lung", 5.0).window(canvas, sl)
     canvas.paint(sl, d_lung, np.float32(t.hu["lung"]) + 20.0 * tex)
-    vessel = _phase(t, "artery", "blood")
+    vessel = phase_hu(t, "artery", "blood")
 
     def clip(sub):  # the lung's distance on the capsule's window (outside: not lung)
         out = np.full(tuple(s.stop - s.start for s in sub), 1e4, np.float32)
@@ -270,7 +271,7 @@ def draw_heart(canvas: Canvas, t: Torso) -> None:
     a, b, c = h["axes"]
     canvas.paint(sl, ellipsoid(u, v, w, a + 5, b + 5, c + 5), t.hu["fat"])  # epicardial fat
     canvas.paint(sl, ellipsoid(u, v, w, a, b, c), t.hu["organ"] + 8.0)  # myocardium
-    blood = _phase(t, "heart", "blood")
+    blood = phase_hu(t, "heart", "blood")
     for off, s in (((0.1 * a, -0.15 * b, -0.1 * c), 0.55), ((-0.25 * a, 0.3 * b, 0.1 * c), 0.5)):
         d = ellipsoid(u - off[0], v - off[1], w - off[2], s * a, s * b, s * c)
         canvas.paint(sl, d, blood)
