@@ -160,7 +160,7 @@ def evaluate_phantoms(
     rows = []
     for s in range(seed, seed + n):
         kw = {} if region is None else {"region": region}
-        hu, _, _ = spine_phantom(shape=tuple(shape), spacing=model.config.spacing, seed=s, **kw)
+        hu = spine_phantom(shape=tuple(shape), spacing=model.config.spacing, seed=s, **kw).hu
         hu = torch.as_tensor(np.asarray(hu), dtype=torch.float32)
         x = model.hu_to_input(hu)[None, None].to(device)
         rec = model.output_to_hu(model.reconstruct(x))[0, 0].cpu()

@@ -44,7 +44,6 @@ from x2ct.data.transforms import HU_WINDOW
 from x2ct.projector import Geometry, hu_to_mu, project_views, stack_views, view_vectors
 
 __all__ = [
-    "BODY_SPINE_OFFSET_MM",
     "Case",
     "PlacementRange",
     "SpinePoint",
@@ -59,10 +58,6 @@ __all__ = [
 TRUNCATION_WARN = 0.05
 """Fraction of a CT's in-plane border inside the body above which its X-rays miss tissue
 (``Case.info["truncation"]``; :func:`truncation_message` says so)."""
-
-BODY_SPINE_OFFSET_MM = (0.0, -70.0, 0.0)
-"""Where a whole-body phantom's spine sits on its grid (mm from the grid's centre): the
-torso lies mostly anterior of the spine, so the grid is centred 70 mm in front of it."""
 
 
 @dataclass(frozen=True)
@@ -138,27 +133,13 @@ class Case:
 
 def locate(hu: np.ndarray, spacing: Sequence[float], mask: np.ndarray | None = None,
            z_mm: float | None = None) -> SpinePoint:
-    """The spine's centre (mm, centred frame) of a CT (X, Y, Z) in HU: the centroid of the
-    vertebra labels when a mask with labels is given, else ``x2ct.data.localise``."""
-    spacing = np.asarray(spacing, dtype=np.float64)
-    shape = np.asarray(hu.shape, dtype=np.float64)
-    if mask is not None and np.any((mask > 0) & (mask < 100)):
-        vert = (mask > 0) & (mask < 100)  # VerSe vertebrae 1-28; discs (100) excluded
-        if z_mm is not None:
-            zi = z_mm / spacing[2] + (shape[2] - 1) / 2
-            lo, hi = int(max(zi - 20 / spacing[2], 0)), int(min(zi + 20 / spacing[2] + 1,
-                                                               shape[2]))
-            slab = np.zeros_like(vert)
-            slab[..., lo:hi] = vert[..., lo:hi]
-            vert = slab if slab.any() else vert
-        idx = np.array([i.mean() for i in np.nonzero(vert)])
-        centre = (idx - (shape - 1) / 2) * spacing
-        if z_mm is not None:
-            centre[2] = z_mm
-        return SpinePoint(tuple(float(c) for c in centre), "mask", 1.0)
+    """The spine's centre (mm, centred frame) of a CT (X, Y, Z) in HU, by
+    ``x2ct.data.locate_spine``: at height ``z_mm`` or the middle of the column found, the
+    centroid of the vertebrae's bone there (of the mask's vertebra labels when a mask is
+    given)."""
     from x2ct.data.localise import locate_spine
 
-    loc = locate_spine(np.asarray(hu), tuple(spacing), None, z_mm=z_mm)
+    loc = locate_spine(np.asarray(hu), tuple(float(s) for s in spacing), mask, z_mm=z_mm)
     return SpinePoint(tuple(float(c) for c in loc.centre), loc.method, float(loc.confidence))
 
 
@@ -306,17 +287,18 @@ def phantom_body(
     options=None,
 ) -> tuple[CTImage, np.ndarray]:
     """A whole-body phantom (CTImage with a centred affine, and its labels) on a grid that
-    holds the torso at real size and reaches far enough above and below the field for the
-    cone beam: 400 x 330 mm in-plane, the field's height plus 100 mm."""
-    from x2ct.data.phantom import spine_phantom
+    holds its torso at real size with a 10 mm margin (``x2ct.data.phantom.body_bounds``)
+    and reaches 50 mm above and below the field's height, for the cone beam."""
+    from x2ct.data.phantom import body_bounds, spine_phantom
 
     spacing = tuple(float(s) for s in spacing)
     height = field_shape[2] * spacing[2] + 100.0
-    shape = (int(round(400 / spacing[0])), int(round(330 / spacing[1])),
-             int(round(height / spacing[2])))
+    (x0, x1), (y0, y1), _ = body_bounds(seed, region, options, (-height / 2, height / 2))
+    size = (x1 - x0 + 20.0, y1 - y0 + 20.0, height)
+    shape = tuple(int(math.ceil(n / s)) for n, s in zip(size, spacing))
+    offset = (-(x0 + x1) / 2, -(y0 + y1) / 2, 0.0)  # the anatomy origin on the grid
     kwargs = {} if options is None else {"options": options}
-    ph = spine_phantom(shape, spacing, seed=seed, region=region,
-                       offset_mm=BODY_SPINE_OFFSET_MM, **kwargs)
+    ph = spine_phantom(shape, spacing, seed=seed, region=region, offset_mm=offset, **kwargs)
     return CTImage(ph.hu, spacing, centred_affine(shape, spacing)), ph.labels
 
 

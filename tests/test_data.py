@@ -199,7 +199,10 @@ def test_preprocess_reorients_resamples_and_centres(tmp_path):
     vert = lab[0].numpy()
     vert = (vert > 0) & (vert < 100)
     ys = np.nonzero(vert)[1]
-    assert ys.mean() - ys.min() > ys.max() - ys.mean()  # the arch reaches further back
+    # The discs lie between the bodies, in front of the arches: anterior (higher Y) of the
+    # vertebrae's centroid. (The crop cuts both ends of a real-size vertebra, ~90 mm deep,
+    # so the extents of the labels say little about which end is which.)
+    assert np.nonzero(lab[0].numpy() == 100)[1].mean() > ys.mean() + 1.5
 
 
 # --- splits -------------------------------------------------------------------------------

@@ -1,23 +1,25 @@
-"""Procedural spine phantom: determinism, tissue values, labels, anatomy, command line."""
+"""Procedural spine phantom: determinism, tissue values, labels, placement, command line.
+(Measured anatomy: test_data_phantom_anatomy.py.)"""
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from x2ct.data import DISC_LABEL, load_ct, spine_centre, spine_phantom
-from x2ct.data.phantom import main
+from x2ct.data import DISC_LABEL, PhantomOptions, load_ct, spine_centre, spine_phantom
+from x2ct.data.phantom import main, whole_body_grid
 
 SHAPE, SPACING = (48, 48, 48), (3.0, 3.0, 3.0)
+PLAIN = PhantomOptions(metal=False, arms=False)  # no metal: HU stays on the CT scale
 
 
 @pytest.fixture(scope="module")
 def lumbar():
-    return spine_phantom(SHAPE, SPACING, seed=3, region="lumbar")
+    return spine_phantom(SHAPE, SPACING, seed=3, region="lumbar", options=PLAIN)
 
 
 @pytest.fixture(scope="module")
 def thoracic():
-    return spine_phantom(SHAPE, SPACING, seed=3, region="thoracic")
+    return spine_phantom(SHAPE, SPACING, seed=3, region="thoracic", options=PLAIN)
 
 
 def _vertebra_ids(labels):
@@ -25,18 +27,20 @@ def _vertebra_ids(labels):
 
 
 def test_deterministic_per_seed(lumbar):
-    again = spine_phantom(SHAPE, SPACING, seed=3, region="lumbar")
+    again = spine_phantom(SHAPE, SPACING, seed=3, region="lumbar", options=PLAIN)
     assert np.array_equal(again.hu, lumbar.hu)
     assert np.array_equal(again.labels, lumbar.labels)
-    other = spine_phantom(SHAPE, SPACING, seed=4, region="lumbar")
+    assert again.info == lumbar.info
+    other = spine_phantom(SHAPE, SPACING, seed=4, region="lumbar", options=PLAIN)
     assert np.abs(other.hu - lumbar.hu).mean() > 10.0
     assert not np.array_equal(other.labels, lumbar.labels)
 
 
 def test_types_and_shapes():
     ph = spine_phantom((24, 28, 20), (3.0, 2.5, 4.0), seed=0)
-    assert ph.hu.shape == ph.labels.shape == (24, 28, 20)
+    assert ph.hu.shape == ph.labels.shape == ph.metal.shape == (24, 28, 20)
     assert ph.hu.dtype == np.float32 and ph.labels.dtype == np.int16
+    assert ph.metal.dtype == bool and isinstance(ph.info, dict)
     assert ph.spacing == (3.0, 2.5, 4.0)
     assert np.isfinite(ph.hu).all()
 
@@ -47,9 +51,9 @@ def test_tissue_values(lumbar):
     assert vert.size > 0
     assert 150.0 <= np.median(hu[(labels > 0) & (labels < DISC_LABEL)]) <= 1900.0
     assert 40.0 <= np.median(hu[labels == DISC_LABEL]) <= 150.0
-    # Air outside the body: the corners are exactly -1000 (no noise in air).
-    for corner in [(0, 0, 0), (-1, 0, 0), (0, -1, -1), (-1, -1, -1)]:
-        assert hu[corner] == -1000.0
+    # A 144 mm field lies inside a real-size body: no air at its lateral borders, where
+    # the old shrunken body put it (the body is 280-380 mm wide).
+    assert (hu[[0, -1], :, :] > -900).mean() > 0.9
     assert hu.max() <= 2100.0 and hu.min() >= -1100.0
     # Bone: cortical shell brighter than the cancellous core of the vertebrae.
     bone = (labels > 0) & (labels < DISC_LABEL)
@@ -83,6 +87,14 @@ def test_column_is_ordered_superior_to_inferior(lumbar):
     assert all(a > b for a, b in zip(z_means, z_means[1:]))
 
 
+def test_air_outside_the_body_on_a_whole_body_grid():
+    shape, offset = whole_body_grid(3, "lumbar", spacing=6.0, z_extent_mm=120.0)
+    ph = spine_phantom(shape, 6.0, seed=3, offset_mm=offset, options=PLAIN)
+    border = np.concatenate([ph.hu[[0, -1]].ravel(), ph.hu[:, [0, -1]].ravel()])
+    assert np.all(border == -1000.0)  # no noise in air
+    assert (ph.hu > -500).mean() > 0.3  # and the body fills much of it
+
+
 def test_spine_is_centred(lumbar, thoracic):
     for ph in (lumbar, thoracic):
         c = spine_centre(ph.hu)  # centroid of bone, voxels
@@ -93,12 +105,13 @@ def test_spine_is_centred(lumbar, thoracic):
 def test_offset_moves_the_whole_anatomy(lumbar):
     """A whole-voxel offset moves every structure by that many voxels (labels exactly;
     the noise texture stays on the grid) and nothing else."""
-    moved = spine_phantom(SHAPE, SPACING, seed=3, region="lumbar", offset_mm=(6.0, -3.0, 9.0))
+    moved = spine_phantom(SHAPE, SPACING, seed=3, region="lumbar", offset_mm=(6.0, -3.0, 9.0),
+                          options=PLAIN)
     rolled = np.roll(lumbar.labels, (2, -1, 3), axis=(0, 1, 2))
     inner = (slice(4, -4),) * 3
     assert np.array_equal(moved.labels[inner], rolled[inner])
     assert not np.array_equal(moved.labels, lumbar.labels)
-    zero = spine_phantom(SHAPE, SPACING, seed=3, region="lumbar", offset_mm=0.0)
+    zero = spine_phantom(SHAPE, SPACING, seed=3, region="lumbar", offset_mm=0.0, options=PLAIN)
     assert np.array_equal(zero.hu, lumbar.hu)
     with pytest.raises(ValueError, match="offset_mm"):
         spine_phantom(SHAPE, SPACING, seed=3, offset_mm=(1.0, float("nan"), 0.0))
@@ -171,11 +184,20 @@ def test_bad_arguments():
         spine_phantom(SHAPE, (2.0, 0.0, 2.0))
     with pytest.raises(ValueError, match="shape"):
         spine_phantom((32, 32), SPACING)
+    with pytest.raises(TypeError, match="options"):
+        spine_phantom(SHAPE, SPACING, options={"metal": True})
+    for bad, field in [({"bmd": 5.0}, "bmd"), ({"contrast": "oral"}, "contrast"),
+                       ({"fracture_grade": 4}, "fracture_grade"), ({"metal": 1}, "metal"),
+                       ({"noise_std": float("nan")}, "noise_std"),
+                       ({"fracture": False, "fracture_grade": 2}, "fracture_grade")]:
+        with pytest.raises(ValueError, match=f"PhantomOptions.{field}"):
+            PhantomOptions(**bad)
 
 
-def test_command_line_writes_pairs(tmp_path):
+def test_command_line_writes_pairs(tmp_path, capsys):
     out = tmp_path / "phantoms"
-    main(["--n", "2", "--out", str(out), "--shape", "24", "--spacing", "4", "--seed", "5"])
+    main(["--n", "2", "--out", str(out), "--shape", "24", "--spacing", "4", "--seed", "5",
+          "--no-metal"])
     names = sorted(p.name for p in out.iterdir())
     assert names == [
         "phantom_0005_ct.nii.gz",
@@ -183,9 +205,43 @@ def test_command_line_writes_pairs(tmp_path):
         "phantom_0006_ct.nii.gz",
         "phantom_0006_seg-vert_msk.nii.gz",
     ]
-    ref = spine_phantom(24, 4.0, seed=6)
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 2 and printed[1].startswith("phantom_0006:")
+    assert "phantom_0006_ct.nii.gz" in printed[1]
+    ref = spine_phantom(24, 4.0, seed=6, options=PhantomOptions(metal=False))
     ct = load_ct(out / "phantom_0006_ct.nii.gz")
     msk = load_ct(out / "phantom_0006_seg-vert_msk.nii.gz")
     assert np.array_equal(ct.hu, ref.hu)
     assert np.array_equal(msk.hu, ref.labels)
     assert ct.spacing == (4.0, 4.0, 4.0)
+
+
+def test_command_line_defaults_whole_body_and_metal(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "(default: 90000)" in text and "--whole-body" in text and "--no-metal" in text
+    out = tmp_path / "wb"
+    main(["--n", "1", "--out", str(out), "--whole-body", "--spacing", "8", "--z-extent", "96",
+          "--metal", "--no-ct-noise"])
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["phantom_90000_ct.nii.gz", "phantom_90000_metal_msk.nii.gz",
+                     "phantom_90000_seg-vert_msk.nii.gz"]
+    ct = load_ct(out / "phantom_90000_ct.nii.gz")
+    shape, _ = whole_body_grid(90000, spacing=8.0, z_extent_mm=96.0,
+                               options=PhantomOptions(metal=True, ct_noise=False))
+    assert ct.hu.shape == shape and ct.hu.shape[0] * 8 >= 280  # the whole width
+    assert np.all(ct.hu[[0, -1]] == -1000.0)
+    assert load_ct(out / "phantom_90000_metal_msk.nii.gz").hu.max() == 1
+    with pytest.raises(SystemExit):
+        main(["--n", "1", "--out", str(out), "--bmd", "1"])
+
+
+@pytest.mark.parametrize("region", ["lumbar", "thoracic"])
+def test_many_seeds_are_finite_and_labelled(region):
+    """Random draws across seeds (features, shallow bodies, short bowel segments) never
+    give NaN, and every phantom keeps its column in view."""
+    for seed in range(600, 612):
+        ph = spine_phantom(16, 8.0, seed=seed, region=region)
+        assert np.isfinite(ph.hu).all(), seed
+        assert len(_vertebra_ids(ph.labels)) >= 3, seed

@@ -108,9 +108,9 @@ def load_volumes(args, seeds: list[int], config) -> torch.Tensor:
     vols = []
     for s in seeds:
         region = args.regions[s % len(args.regions)]
-        hu, _, _ = spine_phantom(
+        hu = spine_phantom(
             shape=tuple(args.shape), spacing=config.spacing, seed=s, region=region
-        )
+        ).hu
         vols.append(hu_to_unit(torch.as_tensor(hu, dtype=torch.float32), config.hu_window)[None])
     return torch.stack(vols)
 

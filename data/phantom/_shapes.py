@@ -22,16 +22,19 @@ def prism(d_xy, d_z):
 def superellipse(x, y, a, b, p: float = 2.0):
     """Signed distance to ``|x/a|^p + |y/b|^p = 1`` to first order, ``(r - 1) / |grad r|``
     (r is the superellipse norm); exact on the boundary and along the axes."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)  # float32 throughout
     ax = np.abs(x) / a
     ay = np.abs(y) / b
     if p == 2.0:
         r = np.sqrt(ax * ax + ay * ay)
         rr = np.maximum(r, 1e-6)
         g = np.sqrt((ax / (rr * a)) ** 2 + (ay / (rr * b)) ** 2)
-    else:
-        r = (ax**p + ay**p) ** (1.0 / p)
-        rr = np.maximum(r, 1e-6)
-        g = np.sqrt(((ax / rr) ** (p - 1) / a) ** 2 + ((ay / rr) ** (p - 1) / b) ** 2)
+    else:  # three powers: |x|^(p-1), |y|^(p-1), then r = (sum)^(1/p)
+        pa, pb = ax ** (p - 1), ay ** (p - 1)
+        sp = np.maximum(pa * ax + pb * ay, 1e-18)
+        r = sp ** (1.0 / p)
+        rp = sp / np.maximum(r, 1e-6)  # r^(p-1)
+        g = np.sqrt((pa / (rp * a)) ** 2 + (pb / (rp * b)) ** 2)
     # |grad r| depends only on the direction; at the centre use its smallest value.
     g = np.maximum(g, 1.0 / np.maximum(a, b))
     return (r - 1.0) / g
@@ -50,8 +53,9 @@ def box(q1, q2, q3, e1, e2, e3, rounding):
 def capsule(q, a, b, radius: float):
     """Exact signed distance to the segment a-b thickened by ``radius``; ``q`` is a tuple
     of three coordinate arrays, ``a``, ``b`` points (3,)."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
     ab = b - a
-    t = sum((q[i] - a[i]) * ab[i] for i in range(3)) / float(ab @ ab)
+    t = sum((q[i] - a[i]) * ab[i] for i in range(3)) / np.float32(max(float(ab @ ab), 1e-12))
     t = np.clip(t, 0.0, 1.0)
     return np.sqrt(sum((q[i] - a[i] - t * ab[i]) ** 2 for i in range(3))) - radius
 
