@@ -29,7 +29,7 @@ from x2ct.autoencoder.losses import (
     make_discriminator,
     reconstruction_loss,
 )
-from x2ct.cli import run_main
+from x2ct.cli import InputError, run_main
 from x2ct.data.transforms import hu_to_unit
 from x2ct.eval.metrics import unit_metrics
 from x2ct.train.checkpoint import resume_latest
@@ -59,6 +59,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--config", default="kl-tiny", choices=sorted(AUTOENCODER_CONFIGS))
     p.add_argument("--latent-channels", type=int, default=None, help="override the config's")
     p.add_argument("--run-dir", required=True)
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="MODEL",
+        help="start from this trained autoencoder's weights (a folder with config.json and "
+        "model.safetensors, e.g. models/ae-kl-tiny): fine-tuning on new data. Its config "
+        "must match --config; a resumed run ignores it",
+    )
     p.add_argument(
         "--data",
         default=None,
@@ -99,6 +107,26 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="training volumes encoded to fit the latent scaling",
     )
     return p.parse_args(argv)
+
+
+def init_from(model: CTAutoencoder, directory: str) -> None:
+    """Load a trained autoencoder's weights (``--init-from``); its networks must have the
+    same shapes as ``model``'s."""
+    from x2ct.autoencoder.model import check_model_dir
+    from x2ct.state import read_safetensors
+
+    try:
+        _, weights = check_model_dir(directory)
+        state = read_safetensors(weights)[0]
+    except (FileNotFoundError, ValueError) as e:
+        raise InputError(f"--init-from: {e}") from e
+    mine = model.state_dict()
+    wrong = sorted(k for k in set(mine) | set(state)
+                   if k not in mine or k not in state or mine[k].shape != state[k].shape)
+    if wrong:
+        raise InputError(f"--init-from {directory}: its networks differ from --config's "
+                         f"({len(wrong)} tensors, e.g. {wrong[:3]})")
+    model.load_state_dict(state)
 
 
 def load_volumes(args, seeds: list[int], config) -> torch.Tensor:
@@ -162,6 +190,8 @@ def main(argv=None) -> Path:
     overrides = {} if args.latent_channels is None else {"latent_channels": args.latent_channels}
     config = get_config(args.config, **overrides)
     model = CTAutoencoder(config)
+    if args.init_from is not None:
+        init_from(model, args.init_from)
     ema = EMA(model, args.ema_decay)
     perceptual = PerceptualLoss().to(device) if args.perceptual_weight > 0 else None  # errors here
     projection = (

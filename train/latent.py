@@ -94,6 +94,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_AUTOENCODER = REPO / "models" / "ae-kl-tiny"
 # Arguments that may change between the runs of one run folder (the rest must not).
 RESUMABLE = {
+    "prepare_only",
     "max_steps",
     "max_minutes",
     "val_every",
@@ -241,6 +242,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         minutes_help="wall-clock budget of this invocation (0: none)",
     )
     p.add_argument("--val-steps", type=int, default=25, help="DDIM steps of validation samples")
+    p.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="make the training cases and the latent cache, then stop (a later run with the "
+        "same settings starts training at once)",
+    )
     args = p.parse_args(argv)
     if args.n_train < 0 or args.n_val < 0 or args.placements < 1:
         p.error("--n-train and --n-val must be >= 0 and --placements >= 1")
@@ -504,6 +511,11 @@ def main(argv=None) -> Path:
     material = cache.get("paths")
     val = [val_set[i] for i in range(len(val_set))]
     n_train = len(latents)
+    if args.prepare_only:
+        accelerator.print(f"prepared {n_train} training cases in {run.root}; rerun without "
+                          "--prepare-only to train")
+        finish_run(accelerator, run)
+        return run.root
 
     # ---- model, EMA, loss, optimiser
     config = get_config(
