@@ -353,6 +353,10 @@ def _check_inputs(args) -> dict:
                           tuple(float(w) for w in ae["hu_window"])))
         except (KeyError, TypeError, ValueError) as e:
             _fail(f"{path}/config.json: not an x2ct pipeline config ({e})")
+        if args.xray_style == "radiograph" and cfg.get("xray_input", "drr") != "rank":
+            _fail(f"{path} reads calibrated DRRs only (xray_input "
+                  f"{cfg.get('xray_input', 'drr')!r}): --xray-style radiograph needs models "
+                  "trained with --xray-input rank")
         rows.append(Row(name or _default_name(path, "model") + MODE_SUFFIX[mode], "model", path,
                         mode=mode))
     for spec in args.autoencoder:

@@ -297,3 +297,39 @@ def test_evaluate_and_reconstruct_give_the_same_numbers_on_the_same_ct(models, t
     assert float(row["ssim_3d"]) == pytest.approx(single["ssim"], rel=1e-5)
     assert float(row["mae_hu"]) == pytest.approx(single["mae_hu"], rel=1e-5)
     assert float(row["projection_error"]) == pytest.approx(single["projection_error"], rel=1e-4)
+
+
+def test_radiograph_rows_read_simulated_files_as_a_user_would(tmp_path):
+    """--xray-style radiograph: each case's radiographs are written as 8-bit PNG files with
+    a geometry.json (pixel size, distances within the model's range) and read back through
+    prepare_radiographs; a rank model reconstructs them, a DRR-input model is refused."""
+    from x2ct.projector import AcquisitionRange
+
+    acq = AcquisitionRange((500.0, 900.0), (1.2, 1.8), 2.0).to_dict()
+    rank = tmp_path / "rank"
+    tiny_reconstructor(seed=0, xray_input="rank", xrays_through="body",
+                       acquisition_range=acq).save_pretrained(rank)
+    out = tmp_path / "out"
+    evaluate.main(["--model", str(rank), "--phantoms", "1", "--steps", "2", "--sampler", "ddim",
+                   "--xray-style", "radiograph", "--no-lpips", "--fid-net", "none",
+                   "--out", str(out), "--no-progress"])
+    folder = out / "radiographs" / "phantom_90000"
+    assert sorted(p.name for p in folder.iterdir()) == ["ap.png", "geometry.json",
+                                                        "lateral.png"]
+    from PIL import Image
+
+    assert Image.open(folder / "ap.png").mode == "L"  # 8-bit
+    geometry = json.loads((folder / "geometry.json").read_text())
+    for view in geometry["views"]:
+        ratio = view["sid_mm"] / view["sod_mm"]
+        assert 500.0 <= view["sod_mm"] <= 900.0 and 1.2 <= ratio <= 1.8
+        assert 0.15 <= view["pixel_spacing_mm"][0] <= 1.0
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["settings"]["xray_style"] == "radiograph"
+    assert math.isfinite(saved["rows"][0]["metrics"]["psnr_3d"]["mean"])
+    drr_model = tmp_path / "drr"
+    tiny_reconstructor(seed=0).save_pretrained(drr_model)
+    with pytest.raises(InputError, match="xray-input rank"):
+        evaluate.main(["--model", str(drr_model), "--phantoms", "1", "--xray-style",
+                       "radiograph", "--out", str(tmp_path / "refused"), "--no-progress"])
+    assert not (tmp_path / "refused").exists()
