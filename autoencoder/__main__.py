@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from x2ct.autoencoder.model import CTAutoencoder, check_model_dir
+from x2ct.models import model_path
 
 
 def resample_to_spacing(hu: np.ndarray, spacing, affine: np.ndarray | None, target):
@@ -199,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp):
         sp.add_argument(
-            "--model", required=True, help="folder with config.json + model.safetensors"
+            "--model", required=True, type=model_path,
+            help="a model's name (ae-kl-tiny) or folder with config.json + model.safetensors"
         )
         sp.add_argument("--device", default="cpu")
         sp.add_argument(

@@ -61,6 +61,7 @@ from x2ct.diffusion.regression import predict_latent
 from x2ct.diffusion.samplers import sample
 from x2ct.diffusion.schedule import append_dims
 from x2ct.fileio import atomic_dir
+from x2ct.models import not_found_hint
 from x2ct.projector import Geometry
 
 __all__ = [
@@ -120,7 +121,7 @@ def check_pipeline_dir(directory: str | os.PathLike) -> Path:
     """``directory`` if it holds a saved pipeline, else a clear error (before any compute)."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise FileNotFoundError(f"model folder not found: {directory}")
+        raise FileNotFoundError(f"model folder not found: {directory}{not_found_hint()}")
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (directory / name).is_file():
             raise FileNotFoundError(

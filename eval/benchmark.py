@@ -30,6 +30,7 @@ from x2ct.eval.projector_benchmark import (
     run_projector_benchmark,
 )
 from x2ct.fileio import atomic_path
+from x2ct.models import model_path
 
 
 def machine(device: str | None = None) -> str:
@@ -126,7 +127,8 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
     from x2ct.autoencoder import AUTOENCODER_CONFIGS
     from x2ct.diffusion import LATENT_DIFFUSION_CONFIGS
 
-    p.add_argument("--model", help="saved pipeline folder (default: a random pipeline of "
+    p.add_argument("--model", type=model_path,
+                   help="a model's name or folder (default: a random pipeline of "
                    "--config/--ae-config at --shape: weights do not change the cost)")
     p.add_argument("--config", default="tiny", choices=list(LATENT_DIFFUSION_CONFIGS))
     p.add_argument("--ae-config", default="kl-tiny", choices=list(AUTOENCODER_CONFIGS))

@@ -55,6 +55,7 @@ import torch
 from x2ct.eval.figures import reconstruction_figure, save_figure
 from x2ct.eval.metrics import ct_metrics, projection_error
 from x2ct.fileio import atomic_path
+from x2ct.models import model_path
 
 
 # --------------------------------------------------------------------------- inputs
@@ -139,7 +140,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--model", required=True, help="folder written by train/latent.py (RUN/model)")
+    p.add_argument("--model", required=True, type=model_path,
+                   help="a model's name (ldm-tiny; `x2ct models` lists them) or folder (RUN/model)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--ct", help="NIfTI CT: simulate its X-rays, reconstruct and score")
     src.add_argument("--ap", help="AP X-ray image (with --lateral)")

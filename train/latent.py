@@ -60,6 +60,7 @@ from x2ct.eval.figures import reconstruction_figure, save_figure
 from x2ct.eval.memory import peak_memory_mb
 from x2ct.eval.metrics import ct_metrics, projection_error
 from x2ct.fileio import atomic_path
+from x2ct.models import model_path
 from x2ct.projector import DRR_SCALE
 from x2ct.train.checkpoint import resume_latest
 from x2ct.train.ema import EMA
@@ -79,8 +80,6 @@ from x2ct.train.loop import (
 from x2ct.train.run import Deadline, RunDir, StepCounter, save_args
 from x2ct.train.sampling import batch_indices, make_generator
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_AUTOENCODER = REPO / "models" / "ae-kl-tiny"
 # Arguments that may change between the runs of one run folder (the rest must not).
 RESUMABLE = {
     "max_steps",
@@ -139,8 +138,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--autoencoder",
-        default=str(DEFAULT_AUTOENCODER),
-        help="frozen autoencoder folder (CTAutoencoder.save_pretrained)",
+        default="ae-kl-tiny",
+        type=model_path,
+        help="frozen autoencoder: a model's name or folder (CTAutoencoder.save_pretrained)",
     )
     p.add_argument("--run-dir", default="runs/latent")
     p.add_argument("--n-train", type=int, default=32, help="training phantoms")
