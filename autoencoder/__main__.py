@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from x2ct.autoencoder.model import CTAutoencoder, check_model_dir
+from x2ct.clihelp import HelpFormatter
 from x2ct.models import model_path
 
 
@@ -194,9 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m x2ct.autoencoder",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=partial(
+        argparse.ArgumentParser, formatter_class=HelpFormatter))
 
     def common(sp):
         sp.add_argument(

@@ -811,18 +811,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Write ``--n`` phantoms as VerSe-style NIfTI pairs into ``--out``."""
     from tqdm import tqdm
 
+    from x2ct.clihelp import HelpFormatter
     from x2ct.data.io import save_ct
 
     parser = argparse.ArgumentParser(
         prog="python -m x2ct.data.phantom",
         description="Write procedural spine CT phantoms as <id>_ct.nii.gz (HU) and "
         "<id>_seg-vert_msk.nii.gz (VerSe labels; discs 100). Case i uses seed + i.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--n", type=int, required=True, help="number of phantoms")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--shape", type=int, nargs="+", default=[64], help="voxels (1 or 3 ints)")
     parser.add_argument("--spacing", type=float, nargs="+", default=[2.0], help="mm (1 or 3)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first phantom")
+    parser.add_argument("--seed", type=int, default=90000, help="seed of the first phantom "
+                        "(default 90000: the held-out test phantoms; training uses 0, 1, ...)")
     parser.add_argument("--region", choices=REGIONS, default="lumbar")
     args = parser.parse_args(argv)
     if args.n < 1:
@@ -838,6 +841,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         case = phantom_id(seed)
         save_ct(args.out / f"{case}_ct.nii.gz", ph.hu, spacing=ph.spacing)
         save_ct(args.out / f"{case}_seg-vert_msk.nii.gz", ph.labels, spacing=ph.spacing)
+    first, last = phantom_id(args.seed), phantom_id(args.seed + args.n - 1)
+    print(f"wrote {args.n} phantom(s) {first}{'' if args.n == 1 else ' .. ' + last} "
+          f"({args.region}, {'x'.join(map(str, shape))} voxels of {spacing} mm) to {args.out}: "
+          "<id>_ct.nii.gz (HU) and <id>_seg-vert_msk.nii.gz (VerSe labels)")
 
 
 if __name__ == "__main__":

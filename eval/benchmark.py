@@ -19,10 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
 
+from x2ct.clihelp import HelpFormatter
 from x2ct.eval.memory import device_name, memory_note
 from x2ct.eval.projector_benchmark import (
     describe_setting,
@@ -193,8 +195,10 @@ def train(args) -> int:
 
 # --------------------------------------------------------------------------- command line
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python eval/benchmark.py")
-    sub = parser.add_subparsers(dest="what", required=True)
+    parser = argparse.ArgumentParser(prog="python eval/benchmark.py", description=__doc__,
+                                     formatter_class=HelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True, parser_class=partial(
+        argparse.ArgumentParser, formatter_class=HelpFormatter))
     p = sub.add_parser("projector", help="DRR rendering speed and memory against peers")
     p.add_argument("--size", type=int, nargs="+", default=[128],
                    help="volume size(s) N (N^3 voxels)")

@@ -62,6 +62,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from x2ct.clihelp import HelpFormatter
 from x2ct.diffusion.guidance import ProjectionGuidance
 from x2ct.eval.figures import CasePlanes, case_grid, central_planes, save_figure
 from x2ct.eval.memory import PeakMemory, device_name, memory_note
@@ -238,7 +239,7 @@ def markdown_table(summary: dict) -> str:
 # --------------------------------------------------------------------------- command line
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python eval/evaluate.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--model", action="append", dest="models", default=[], metavar="[NAME=]DIR",
                    type=lambda spec: ("plain", model_spec(spec)),
                    help="saved pipeline folder (repeat for one row each)")

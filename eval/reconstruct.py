@@ -33,6 +33,18 @@ with ``--ct`` ``metrics.json``, and with ``--pc-*`` or ``--pose-*`` ``reconstruc
 (the options, projection errors before and after guidance, the fitted pose). The options
 are in metrics.json too.
 
+Outputs for clinicians (x2ct.eval.export, x2ct.eval.report):
+
+- ``--format dicom`` (or ``nifti dicom``): the CT as a DICOM series in ``OUT/dicom/`` (CT
+  Image Storage, one file a slice, described as a synthetic reconstruction not for
+  diagnosis), which 3D Slicer and PACS viewers load;
+- ``--mesh bone.stl``: the bone surface (HU >= 250) as an STL mesh in LPS millimetres;
+  with ``--ct`` and ``--labels SEG.nii.gz`` (VerSe labels of that CT) also one mesh per
+  vertebra (``bone_L1.stl``, ...); a relative path is taken inside OUT;
+- ``--report``: ``OUT/report.html``, one self-contained page with scrollable slices in
+  three planes, the input X-rays beside the reconstruction's DRRs, the uncertainty map
+  and the metrics.
+
 Other jobs have their own scripts:
 
 - held-out test sets (phantoms from seed 90000 or CT folders) scored with baselines and
@@ -52,6 +64,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from x2ct.clihelp import HelpFormatter
 from x2ct.eval.figures import reconstruction_figure, save_figure
 from x2ct.eval.metrics import ct_metrics, projection_error
 from x2ct.fileio import atomic_path
@@ -75,18 +88,23 @@ def load_xray_pair(ap: str | os.PathLike, lateral: str | os.PathLike, shape) -> 
     return torch.from_numpy(np.stack(views))[None]
 
 
-def prepare_ct(path: str | os.PathLike, spacing, shape, window, spine_position=None
-               ) -> torch.Tensor:
+def prepare_ct(path: str | os.PathLike, spacing, shape, window, spine_position=None,
+               labels: str | os.PathLike | None = None):
     """A NIfTI CT as HU (1, 1, X, Y, Z) at ``spacing``, cropped/padded to ``shape`` with
     its spine's bone centroid on voxel ``spine_position`` (a model's config: where its
     training CTs had theirs; None: the middle), HU clipped to ``window`` (what training
-    sees)."""
+    sees). With ``labels`` (a label NIfTI of the CT): (HU, labels (X, Y, Z) on the same
+    grid, nearest neighbour; the crop is the CT's alone)."""
     from x2ct.data import hu_to_unit, preprocess, unit_to_hu
+    from x2ct.eval.export import resample_labels
 
     pipeline = preprocess(spacing, shape, window, normalise=False, spine_position=spine_position)
     d = pipeline({"image": str(path), "label": None})
     hu = torch.as_tensor(np.asarray(d["image"]), dtype=torch.float32)  # (1, X, Y, Z)
-    return unit_to_hu(hu_to_unit(hu, window), window)[None]
+    hu = unit_to_hu(hu_to_unit(hu, window), window)[None]
+    if labels is None:
+        return hu
+    return hu, resample_labels(labels, np.asarray(d["image"].affine), hu.shape[2:])
 
 
 # --------------------------------------------------------------------------- options
@@ -137,9 +155,7 @@ def check_guidance_arguments(p: argparse.ArgumentParser, args: argparse.Namespac
 
 # --------------------------------------------------------------------------- command line
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", required=True, type=model_path,
                    help="a model's name (ldm-tiny; `x2ct models` lists them) or folder (RUN/model)")
     src = p.add_mutually_exclusive_group(required=True)
@@ -164,7 +180,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     add_guidance_arguments(p)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    out = p.add_argument_group("outputs for clinicians")
+    out.add_argument("--format", nargs="+", choices=("nifti", "dicom"), default=["nifti"],
+                     help="CT file formats: nifti (ct.nii.gz), dicom (a series in OUT/dicom/)")
+    out.add_argument("--mesh", metavar="STL", help="write the bone surface as an STL mesh "
+                     "(relative: inside OUT), one per vertebra as well with --labels")
+    out.add_argument("--labels", help="VerSe label NIfTI of --ct: per-vertebra meshes")
+    out.add_argument("--report", action="store_true",
+                     help="write OUT/report.html: slices, X-rays and DRRs, uncertainty, metrics")
     args = p.parse_args(argv)
+    if args.labels is not None and (args.ct is None or args.mesh is None):
+        p.error("--labels goes with --ct (the CT they label) and --mesh")
     if args.ap is not None and args.lateral is None:
         p.error("--ap needs --lateral: the model reconstructs from both views")
     if args.lateral is not None and args.ap is None:
@@ -189,6 +215,69 @@ def options(args: argparse.Namespace):
     return guidance, pose
 
 
+def sampling_summary(objective: str, sampler: str, steps: int, guidance_scale: float,
+                     num_samples: int, projection_guidance=None, pose=None) -> str:
+    """One line saying how a reconstruction was sampled (progress output, figure title)."""
+    parts = (["regression (one pass)"] if objective == "regression"
+             else [f"{sampler} {steps} steps", f"guidance {guidance_scale:g}"])
+    if projection_guidance is None:
+        parts.append("projection-consistent sampling off")
+    else:
+        g = projection_guidance
+        parts.append(f"projection-consistent sampling {g.strength:g}/{g.steps}/{g.inner}")
+    if pose is not None:
+        parts.append(f"pose refinement {pose.rounds} round(s)")
+    parts.append(f"{num_samples} sample{'s' if num_samples > 1 else ''}")
+    return ", ".join(parts)
+
+
+def require_export_libraries(formats, mesh) -> None:
+    """An ImportError naming the extra to install, before any compute."""
+    import importlib.util
+
+    if "dicom" in formats and importlib.util.find_spec("pydicom") is None:
+        raise ImportError("--format dicom needs pydicom: pip install 'x2ct[dicom]'")
+    if mesh is not None and importlib.util.find_spec("skimage") is None:
+        raise ImportError("--mesh needs scikit-image: pip install 'x2ct[mesh]'")
+
+
+def write_exports(args, out_dir: Path, out, recon, xrays, drr, gt_hu, labels, metrics: dict,
+                  settings: dict, written: list[str]) -> list[str]:
+    """--format dicom, --mesh and --report (x2ct.eval.export, x2ct.eval.report); returns
+    the names written (relative to ``out_dir`` where inside it)."""
+    from x2ct.data import centred_affine
+    from x2ct.eval.export import write_bone_meshes, write_dicom_series
+    from x2ct.eval.report import write_report
+
+    hu = out.hu[0, 0].cpu().numpy()
+    affine = centred_affine(hu.shape, recon.spacing)  # where save_ct(spacing=) puts ct.nii.gz
+    names = []
+    shown = lambda p: str(p.relative_to(out_dir)) if p.is_relative_to(out_dir) else str(p)
+    if "dicom" in args.format:
+        files = write_dicom_series(out_dir / "dicom", hu, affine)
+        names.append(f"dicom/ ({len(files)} slices)")
+    if args.mesh is not None:
+        mesh = Path(args.mesh)
+        mesh = mesh if mesh.is_absolute() else out_dir / mesh
+        names += [shown(p) for p in write_bone_meshes(mesh, hu, affine, labels)]
+    if args.report:
+        std = None if out.std is None else out.std[0, 0].cpu().numpy()
+        truth = None if gt_hu is None else gt_hu[0, 0].numpy()
+        scores = {k: v for k, v in metrics.items() if isinstance(v, float) and k != "seconds"}
+        write_report(out_dir / "report.html", hu, recon.spacing, xrays=xrays[0],
+                     drrs=drr[0].cpu(), view_names=_view_names(recon.geometry.angles), std=std,
+                     truth=truth, metrics=scores, settings=settings,
+                     title=f"x2ct reconstruction: {Path(args.ct or args.ap).name}",
+                     window=recon.autoencoder.config.hu_window, files=[*written, *names])
+        names.append("report.html")
+    return names
+
+
+def _view_names(angles) -> list[str]:
+    names = {0.0: "AP", 90.0: "lateral"}
+    return [names.get(float(a) % 360.0, f"{float(a):g} deg") for a in angles]
+
+
 def _write_json(path: Path, payload: dict) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2))
@@ -207,16 +296,17 @@ def main(argv=None) -> dict:
         check_pipeline_dir(args.model)
         config = json.loads((Path(args.model) / "config.json").read_text())
         ae_config = json.loads((Path(args.model) / "autoencoder" / "config.json").read_text())
-        for path in (args.ct, args.ap, args.lateral, args.geometry):
+        require_export_libraries(args.format, args.mesh)
+        for path in (args.ct, args.ap, args.lateral, args.geometry, args.labels):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{path}: no such file")
-    except (FileNotFoundError, json.JSONDecodeError) as e:
+    except (FileNotFoundError, json.JSONDecodeError, ImportError) as e:
         raise SystemExit(f"error: {e}") from e
     det = tuple(config["geometry"]["detector_shape"])
     spacing = tuple(ae_config["spacing"])
     ct_shape = tuple(n * config["downsample_factor"] for n in config["latent_size"])
     window = tuple(ae_config["hu_window"])
-    gt_hu = xrays = declared = None
+    gt_hu = xrays = declared = labels = None
     try:
         if args.ap is not None:
             if tuple(config["geometry"]["angles"]) != (0.0, 90.0):
@@ -241,15 +331,28 @@ def main(argv=None) -> dict:
                     + ("" if declared == trained else " (differs from the model's)")
                 )
         elif args.ct is not None:
-            gt_hu = prepare_ct(args.ct, spacing, ct_shape, window, config.get("spine_position"))
+            print(f"reading {args.ct}", flush=True)
+            gt_hu = prepare_ct(args.ct, spacing, ct_shape, window, config.get("spine_position"),
+                               labels=args.labels)
+            if args.labels is not None:
+                gt_hu, labels = gt_hu
     except (ValueError, OSError, KeyError, TypeError) as e:
         raise SystemExit(f"error: {e}") from e
 
     guidance, pose = options(args)
+    print(f"loading {args.model}", flush=True)
     recon = Reconstructor.from_pretrained(args.model, device=args.device)
     effective = recon.projection_guidance_for(guidance)
     if gt_hu is not None:
+        print("simulating the CT's X-rays in the model's geometry", flush=True)
         xrays = recon.simulate_xrays(gt_hu.to(recon.device)).cpu()
+    summary = sampling_summary(
+        recon.config.objective, args.sampler or recon.config.sampler,
+        args.steps or recon.config.sampler_steps,
+        recon.config.guidance_scale if args.guidance is None else args.guidance,
+        args.num_samples, effective, pose,
+    )
+    print(f"reconstructing: {summary}", flush=True)
     t0 = time.perf_counter()
     out = recon(
         xrays,
@@ -261,6 +364,7 @@ def main(argv=None) -> dict:
         batch_size=args.batch_size,
         projection_guidance=guidance,
         pose_refinement=pose,
+        progress=True,
     )
     seconds = time.perf_counter() - t0
     record = {
@@ -289,17 +393,19 @@ def main(argv=None) -> dict:
             "views": out.pose[0].tolist(),
         }
         print(f"refined pose (d_angle deg, d_u mm, d_v mm) per view: {out.pose[0].tolist()}")
-    save_ct(out_dir / "ct.nii.gz", out.hu[0, 0].cpu().numpy(), spacing=recon.spacing)
-    written = ["ct.nii.gz"]
-    if out.std is not None:
-        save_ct(out_dir / "std.nii.gz", out.std[0, 0].cpu().numpy(), spacing=recon.spacing)
-        written.append("std.nii.gz")
+    written = []
+    if "nifti" in args.format:
+        save_ct(out_dir / "ct.nii.gz", out.hu[0, 0].cpu().numpy(), spacing=recon.spacing)
+        written.append("ct.nii.gz")
+        if out.std is not None:
+            save_ct(out_dir / "std.nii.gz", out.std[0, 0].cpu().numpy(), spacing=recon.spacing)
+            written.append("std.nii.gz")
     drr = recon.simulate_xrays(out.hu.to(recon.device))
     result = {"seconds": seconds, "options": record}
     if effective is not None or pose is not None:
         _write_json(out_dir / "reconstruction.json", {"seconds": seconds, **record})
         written.append("reconstruction.json")
-    title = f"{args.sampler or recon.config.sampler}, {seconds:.1f} s"
+    title = f"{summary}; {seconds:.1f} s"
     if gt_hu is not None:
         pred_hu = out.hu.cpu()
         result.update(ct_metrics(pred_hu, gt_hu, window))
@@ -318,6 +424,8 @@ def main(argv=None) -> dict:
     )
     save_figure(fig, out_dir / "reconstruction.png", dpi=90)
     written.append("reconstruction.png")
+    written += write_exports(args, out_dir, out, recon, xrays, drr, gt_hu, labels,
+                             result, record, written)
     print(f"wrote {', '.join(written)} to {out_dir} ({seconds:.1f} s)")
     return result
 

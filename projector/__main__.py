@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from x2ct.clihelp import HelpFormatter
 from x2ct.fileio import atomic_path
 from x2ct.projector.attenuation import DRR_SCALE, hu_to_mu
 from x2ct.projector.geometry import Geometry
@@ -30,7 +31,8 @@ def view_name(angle: float) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m x2ct.projector", description="Render the DRRs of a CT (NIfTI, HU)."
+        prog="python -m x2ct.projector", description="Render the DRRs of a CT (NIfTI, HU).",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("ct", type=Path, help="CT volume in HU (.nii or .nii.gz, any orientation)")
     p.add_argument("--out", type=Path, required=True, help="output folder")

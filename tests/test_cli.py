@@ -94,3 +94,16 @@ def test_python_dash_m_from_another_folder(tmp_path):
     out = subprocess.run([sys.executable, "-m", "x2ct", "models"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, check=True).stdout
     assert "ldm-tiny " in out and "pipeline" in out and str(REPO / "models") in out
+
+
+def test_help_shows_defaults_and_phantom_says_what_it_wrote(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["drr", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "detector size in pixels (square) (default: 256)" in text
+    assert "--backend {auto,torch,triton} (default: auto)" in text
+    cli.main(["phantom", "--n", "1", "--shape", "16", "--spacing", "8", "--out", str(tmp_path)])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("wrote 1 phantom(s) phantom_90000 ") and str(tmp_path) in last
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "phantom_90000_ct.nii.gz", "phantom_90000_seg-vert_msk.nii.gz"]

@@ -29,6 +29,7 @@ from x2ct.autoencoder.losses import (
     make_discriminator,
     reconstruction_loss,
 )
+from x2ct.clihelp import HelpFormatter
 from x2ct.data.transforms import hu_to_unit
 from x2ct.eval.metrics import unit_metrics
 from x2ct.train.checkpoint import resume_latest
@@ -52,7 +53,7 @@ from x2ct.train.sampling import batch_indices, make_generator, random_crop
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     p.add_argument("--config", default="kl-tiny", choices=sorted(AUTOENCODER_CONFIGS))
     p.add_argument("--latent-channels", type=int, default=None, help="override the config's")
