@@ -28,7 +28,7 @@ from x2ct.autoencoder.config import AutoencoderConfig
 from x2ct.autoencoder.tiling import tiled_apply
 from x2ct.data.transforms import hu_to_unit, unit_to_hu
 from x2ct.fileio import atomic_dir
-from x2ct.models import not_found_hint
+from x2ct.models import model_path, not_found_hint
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -231,7 +231,7 @@ class CTAutoencoder(nn.Module):
         cls, directory: str | os.PathLike, device: str | torch.device = "cpu"
     ) -> CTAutoencoder:
         """Rebuild from a folder written by save_pretrained (in eval mode)."""
-        config_path, weights_path = check_model_dir(directory)
+        config_path, weights_path = check_model_dir(model_path(str(directory)))  # or a name
         model = cls(AutoencoderConfig.from_json(config_path.read_text()))
         model.load_state_dict(load_file(str(weights_path), device=str(device)))
         return model.to(device).eval()

@@ -61,7 +61,7 @@ from x2ct.diffusion.regression import predict_latent
 from x2ct.diffusion.samplers import sample
 from x2ct.diffusion.schedule import append_dims
 from x2ct.fileio import atomic_dir
-from x2ct.models import not_found_hint
+from x2ct.models import model_path, not_found_hint
 from x2ct.projector import Geometry
 
 __all__ = [
@@ -206,7 +206,7 @@ class Reconstructor:
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device="cpu") -> Reconstructor:
-        directory = check_pipeline_dir(directory)
+        directory = check_pipeline_dir(model_path(str(directory)))  # a folder, or a model's name
         try:
             config = LatentDiffusionConfig.from_json((directory / CONFIG_NAME).read_text())
         except (json.JSONDecodeError, TypeError, ValueError) as e:
