@@ -138,9 +138,11 @@ def _models(argv: list[str]) -> int:
     from x2ct.models import MODELS_ENV, describe_model, list_models, model_kind, model_search_path
 
     if argv:
-        print("usage: x2ct models\n\n" + MODELS_SUMMARY, file=sys.stderr if argv != ["-h"]
-              and argv != ["--help"] else sys.stdout)
-        return 0 if argv in (["-h"], ["--help"]) else 2
+        asked = argv in (["-h"], ["--help"])
+        print(f"usage: x2ct models\n\n{MODELS_SUMMARY}: name, kind, title; searched in "
+              f"${MODELS_ENV}, then the checkout's models/",
+              file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else 2
     models = list_models()
     if not models:
         print(f"no models found by name; set {MODELS_ENV} to a folder of models "
