@@ -186,3 +186,23 @@ def test_nifti_reader_agrees_with_the_nifti(tmp_path):
     hu, affine = _volume(), AFFINES["oblique"]
     save_ct(tmp_path / "x.nii.gz", hu, affine=affine)
     np.testing.assert_allclose(nib.load(tmp_path / "x.nii.gz").affine, affine, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ras", "oblique"])
+def test_itk_reads_the_series_as_the_nifti(tmp_path, name):
+    """ITK with GDCM, the DICOM reader of 3D Slicer, loads the series onto the NIfTI's
+    world grid: the same HU at every voxel after resampling one onto the other."""
+    sitk = pytest.importorskip("SimpleITK")
+    hu, affine = _volume(), AFFINES[name]
+    save_ct(tmp_path / "ct.nii.gz", hu, affine=affine)
+    ct = load_ct(tmp_path / "ct.nii.gz")
+    write_dicom_series(tmp_path / "dicom", ct.hu, ct.affine)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path / "dicom")))
+    series = reader.Execute()
+    nifti = sitk.ReadImage(str(tmp_path / "ct.nii.gz"))
+    assert series.GetSize() == nifti.GetSize()
+    np.testing.assert_allclose(sorted(series.GetSpacing()), sorted(nifti.GetSpacing()), rtol=1e-6)
+    on_grid = sitk.Resample(series, nifti, sitk.Transform(), sitk.sitkNearestNeighbor, -5000.0)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(on_grid),
+                                  np.rint(sitk.GetArrayFromImage(nifti)))
