@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,8 @@ import torch.nn.functional as F
 
 from x2ct.autoencoder.model import CTAutoencoder, check_model_dir
 from x2ct.cli import run_main
+from x2ct.clihelp import HelpFormatter
+from x2ct.models import model_path
 
 
 def resample_to_spacing(hu: np.ndarray, spacing, affine: np.ndarray | None, target):
@@ -193,13 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m x2ct.autoencoder",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=partial(
+        argparse.ArgumentParser, formatter_class=HelpFormatter))
 
     def common(sp):
         sp.add_argument(
-            "--model", required=True, help="folder with config.json + model.safetensors"
+            "--model", required=True, type=model_path,
+            help="a model's name (ae-kl-tiny) or folder with config.json + model.safetensors"
         )
         sp.add_argument("--device", default="cpu")
         sp.add_argument(

@@ -27,6 +27,7 @@ from x2ct.autoencoder.config import AutoencoderConfig
 from x2ct.autoencoder.tiling import tiled_apply
 from x2ct.data.transforms import hu_to_unit, unit_to_hu
 from x2ct.fileio import atomic_dir
+from x2ct.models import model_path, not_found_hint
 from x2ct.state import load_weights, write_safetensors
 
 CONFIG_NAME = "config.json"
@@ -230,7 +231,7 @@ class CTAutoencoder(nn.Module):
         cls, directory: str | os.PathLike, device: str | torch.device = "cpu"
     ) -> CTAutoencoder:
         """Rebuild from a folder written by save_pretrained (in eval mode)."""
-        config_path, weights_path = check_model_dir(directory)
+        config_path, weights_path = check_model_dir(model_path(str(directory)))  # or a name
         model = cls(AutoencoderConfig.from_file(config_path))
         load_weights(model, weights_path)
         return model.to(device).eval()
@@ -240,7 +241,7 @@ def check_model_dir(directory: str | os.PathLike) -> tuple[Path, Path]:
     """Paths of config.json and model.safetensors in `directory`, or a clear error."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise FileNotFoundError(f"model folder not found: {directory}")
+        raise FileNotFoundError(f"model folder not found: {directory}{not_found_hint()}")
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     if not config_path.is_file():
         raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}: not a saved CTAutoencoder")

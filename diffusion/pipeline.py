@@ -60,6 +60,7 @@ from x2ct.diffusion.regression import predict_latent
 from x2ct.diffusion.samplers import sample
 from x2ct.diffusion.schedule import append_dims
 from x2ct.fileio import atomic_dir
+from x2ct.models import model_path, not_found_hint
 from x2ct.projector import (
     Geometry,
     hu_to_mu,
@@ -140,7 +141,7 @@ def check_pipeline_dir(directory: str | os.PathLike) -> Path:
     """``directory`` if it holds a saved pipeline, else a clear error (before any compute)."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise FileNotFoundError(f"model folder not found: {directory}")
+        raise FileNotFoundError(f"model folder not found: {directory}{not_found_hint()}")
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (directory / name).is_file():
             raise FileNotFoundError(
@@ -225,7 +226,7 @@ class Reconstructor:
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device="cpu") -> Reconstructor:
-        directory = check_pipeline_dir(directory)
+        directory = check_pipeline_dir(model_path(str(directory)))  # or a name
         config = LatentDiffusionConfig.from_file(directory / CONFIG_NAME)  # names the file
         AutoencoderConfig.from_file(directory / AUTOENCODER_DIR / CONFIG_NAME)  # before building
         denoiser = LatentDenoiser(config)

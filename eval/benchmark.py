@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from x2ct.cli import InputError, run_main
+from x2ct.clihelp import HelpFormatter
 from x2ct.eval.memory import device_name, memory_note
 from x2ct.eval.projector_benchmark import (
     describe_setting,
@@ -30,6 +32,7 @@ from x2ct.eval.projector_benchmark import (
     run_projector_benchmark,
 )
 from x2ct.fileio import atomic_path
+from x2ct.models import model_path
 
 
 def machine(device: str | None = None) -> str:
@@ -126,7 +129,8 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
     from x2ct.autoencoder import AUTOENCODER_CONFIGS
     from x2ct.diffusion import LATENT_DIFFUSION_CONFIGS
 
-    p.add_argument("--model", help="saved pipeline folder (default: a random pipeline of "
+    p.add_argument("--model", type=model_path,
+                   help="a model's name or folder (default: a random pipeline of "
                    "--config/--ae-config at --shape: weights do not change the cost)")
     p.add_argument("--config", default="tiny", choices=list(LATENT_DIFFUSION_CONFIGS))
     p.add_argument("--ae-config", default="kl-tiny", choices=list(AUTOENCODER_CONFIGS))
@@ -191,8 +195,10 @@ def train(args) -> int:
 
 # --------------------------------------------------------------------------- command line
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python eval/benchmark.py")
-    sub = parser.add_subparsers(dest="what", required=True)
+    parser = argparse.ArgumentParser(prog="python eval/benchmark.py", description=__doc__,
+                                     formatter_class=HelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True, parser_class=partial(
+        argparse.ArgumentParser, formatter_class=HelpFormatter))
     p = sub.add_parser("projector", help="DRR rendering speed and memory against peers")
     p.add_argument("--size", type=int, nargs="+", default=[128],
                    help="volume size(s) N (N^3 voxels)")

@@ -63,6 +63,7 @@ import numpy as np
 import torch
 
 from x2ct.cli import InputError, run_main
+from x2ct.clihelp import HelpFormatter
 from x2ct.diffusion.guidance import ProjectionGuidance
 from x2ct.eval.figures import CasePlanes, case_grid, central_planes, save_figure
 from x2ct.eval.memory import PeakMemory, device_name, memory_note
@@ -77,6 +78,7 @@ from x2ct.eval.metrics import (
 )
 from x2ct.eval.reconstruct import add_guidance_arguments, check_guidance_arguments, options
 from x2ct.fileio import atomic_path
+from x2ct.models import model_spec
 
 __all__ = ["DEFAULT_PHANTOM_SEED", "TABLE_COLUMNS", "main", "markdown_table", "summarise"]
 
@@ -238,20 +240,21 @@ def markdown_table(summary: dict) -> str:
 # --------------------------------------------------------------------------- command line
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python eval/evaluate.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--model", action="append", dest="models", default=[], metavar="[NAME=]DIR",
-                   type=lambda spec: ("plain", spec),
+                   type=lambda spec: ("plain", model_spec(spec)),
                    help="saved pipeline folder (repeat for one row each)")
     p.add_argument("--pc-model", action="append", dest="models", metavar="[NAME=]DIR",
-                   type=lambda spec: ("pc", spec),
+                   type=lambda spec: ("pc", model_spec(spec)),
                    help="a pipeline row with projection-consistent sampling (--pc-*)")
     p.add_argument("--no-pc-model", action="append", dest="models", metavar="[NAME=]DIR",
-                   type=lambda spec: ("nopc", spec),
+                   type=lambda spec: ("nopc", model_spec(spec)),
                    help="a pipeline row without projection-consistent sampling")
     p.add_argument("--pose-model", action="append", dest="models", metavar="[NAME=]DIR",
-                   type=lambda spec: ("pose", spec),
+                   type=lambda spec: ("pose", model_spec(spec)),
                    help="a pipeline row with pose refinement (--pose-*)")
     p.add_argument("--autoencoder", action="append", default=[], metavar="[NAME=]DIR",
+                   type=model_spec,
                    help="autoencoder folder: the round-trip ceiling row (repeatable)")
     p.add_argument("--baseline", action="append", default=[], choices=BASELINES,
                    help="trivial baseline row(s): mean-ct, the mean training CT")

@@ -124,7 +124,7 @@ def reconstruction_figure(
     """Row 1: input X-rays (V, H, W) and the DRRs of the reconstruction. Then the CT's
     axial, coronal and sagittal planes (:func:`central_planes`; volumes in HU): ground
     truth (when known), reconstruction, |error| (when known) and the uncertainty map
-    (when given). Tensors (any device) or arrays."""
+    (when given), each row with its colour bar in HU. Tensors (any device) or arrays."""
     as_np = lambda t: np.asarray(t.detach().float().cpu() if hasattr(t, "detach") else t)
     xr = as_np(xrays).reshape(-1, *xrays.shape[-2:])  # (V, H, W)
     dp = as_np(drr_pred).reshape(-1, *drr_pred.shape[-2:])
@@ -154,14 +154,20 @@ def reconstruction_figure(
         axes[0, n_views + v].set_title(f"{name} DRR of reconstruction", fontsize=9)
     for r, (name, data, cmap, (lo, top)) in enumerate(rows, start=1):
         for c, (plane, img) in enumerate(zip(PLANES, central_planes(data))):
-            axes[r, c].imshow(img, cmap=cmap, vmin=lo, vmax=top)
+            image = axes[r, c].imshow(img, cmap=cmap, vmin=lo, vmax=top)
             axes[r, c].set_frame_on(True)
             if r == 1:
                 axes[r, c].set_title(plane, fontsize=9)
             if c == 0:
                 axes[r, c].set_ylabel(name)
+        if cols > 3:  # the colour bar in the free cell beside the planes
+            bar = fig.colorbar(image, cax=axes[r, 3].inset_axes([0.05, 0.05, 0.08, 0.9]))
+        else:
+            bar = fig.colorbar(image, ax=axes[r, 2], fraction=0.046, pad=0.04)
+        bar.set_label(name if name.endswith("HU") else f"{name}, HU", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=10 if len(title) > 80 else 12)
     fig.tight_layout()
     return fig
 

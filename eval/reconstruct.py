@@ -18,7 +18,7 @@
   images are refused and views that look swapped are flagged.
 - ``--ct``: a NIfTI CT (a whole patient CT, any size and spacing). Made into a case as
   evaluation and training make theirs (``x2ct.data.ct_case``): the spine is located
-  (``--mask`` labels, else ``x2ct.data.localise``), the model's field is cut around it
+  (``--labels`` vertebra labels, else ``x2ct.data.localise``), the model's field is cut around it
   (moved by ``--shift/--turn/--tilt``, at height ``--z``), and its X-rays are rendered
   through the whole CT along the model's views, as a radiograph sees the patient. The
   reconstruction is scored against the field (PSNR, SSIM over the HU window, MAE in HU,
@@ -48,6 +48,18 @@ with ``--ct`` ``metrics.json``, and with ``--pc-*`` or ``--pose-*`` ``reconstruc
 (the options, projection errors before and after guidance, the fitted pose). The options
 are in metrics.json too.
 
+Outputs for clinicians (x2ct.eval.export, x2ct.eval.report):
+
+- ``--format dicom`` (or ``nifti dicom``): the CT as a DICOM series in ``OUT/dicom/`` (CT
+  Image Storage, one file a slice, described as a synthetic reconstruction not for
+  diagnosis), which 3D Slicer and PACS viewers load;
+- ``--mesh bone.stl``: the bone surface (HU >= 250) as an STL mesh in LPS millimetres;
+  with ``--ct`` and ``--labels SEG.nii.gz`` (VerSe labels of that CT) also one mesh per
+  vertebra (``bone_L1.stl``, ...); a relative path is taken inside OUT;
+- ``--report``: ``OUT/report.html``, one self-contained page with scrollable slices in
+  three planes, the input X-rays beside the reconstruction's DRRs, the uncertainty map
+  and the metrics.
+
 Other jobs have their own scripts:
 
 - held-out test sets (phantoms from seed 90000 or CT folders) scored with baselines and
@@ -66,10 +78,12 @@ from pathlib import Path
 import torch
 
 from x2ct.cli import InputError, run_main
+from x2ct.clihelp import HelpFormatter
 from x2ct.data.cases import truncation_message
 from x2ct.eval.figures import reconstruction_figure, save_figure
 from x2ct.eval.metrics import ct_metrics
 from x2ct.fileio import atomic_path, prepare_out_dir
+from x2ct.models import model_path
 
 OUTPUTS = ("ct.nii.gz", "std.nii.gz", "reconstruction.png", "metrics.json", "reconstruction.json")
 """Every file this command may write into --out (refused there without --overwrite)."""
@@ -90,7 +104,7 @@ def ct_inputs(path, config: dict, ae_config: dict, args) -> tuple:
     shape = tuple(n * config["downsample_factor"] for n in config["latent_size"])
     scale = float(config.get("xray_scale", DRR_SCALE))
     case = ct_case(
-        path, shape, spacing, Geometry.from_dict(config["geometry"]), mask=args.mask,
+        path, shape, spacing, Geometry.from_dict(config["geometry"]), mask=args.labels,
         shift_mm=tuple(args.shift), turn_deg=args.turn, tilt_deg=tuple(args.tilt),
         z_mm=args.z, window=window,
     )
@@ -146,16 +160,13 @@ def check_guidance_arguments(p: argparse.ArgumentParser, args: argparse.Namespac
 
 # --------------------------------------------------------------------------- command line
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--model", required=True, help="folder written by train/latent.py (RUN/model)")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--model", required=True, type=model_path,
+                   help="a model's name (ldm-tiny; `x2ct models` lists them) or folder (RUN/model)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--ct", help="NIfTI CT: simulate its X-rays, reconstruct and score")
     src.add_argument("--ap", help="AP X-ray image (with --lateral)")
     p.add_argument("--lateral", help="lateral X-ray image (with --ap)")
-    p.add_argument("--mask", help="--ct: its vertebra label mask (NIfTI); locates the spine and "
-                   "scores per vertebra")
     p.add_argument("--shift", type=float, nargs=3, default=(0.0, 0.0, 0.0),
                    metavar=("X", "Y", "Z"),
                    help="--ct: move the field from the located spine by these mm (RAS)")
@@ -198,7 +209,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     add_guidance_arguments(p)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    out = p.add_argument_group("outputs for clinicians")
+    out.add_argument("--format", nargs="+", choices=("nifti", "dicom"), default=["nifti"],
+                     help="CT file formats: nifti (ct.nii.gz), dicom (a series in OUT/dicom/)")
+    out.add_argument("--mesh", metavar="STL", help="write the bone surface as an STL mesh "
+                     "(relative: inside OUT), one per vertebra as well with --labels")
+    out.add_argument("--labels", help="VerSe label NIfTI of --ct: locates its spine, scores "
+                     "per vertebra and, with --mesh, one mesh per vertebra")
+    out.add_argument("--report", action="store_true",
+                     help="write OUT/report.html: slices, X-rays and DRRs, uncertainty, metrics")
     args = p.parse_args(argv)
+    if args.labels is not None and args.ct is None:
+        p.error("--labels goes with --ct (the CT they label)")
     if args.ap is not None and args.lateral is None:
         p.error("--ap needs --lateral: the model reconstructs from both views")
     if args.lateral is not None and args.ap is None:
@@ -229,6 +251,68 @@ def options(args: argparse.Namespace):
     return guidance, pose
 
 
+def sampling_summary(objective: str, sampler: str, steps: int, guidance_scale: float,
+                     num_samples: int, projection_guidance=None, pose=None) -> str:
+    """One line saying how a reconstruction was sampled (progress output, figure title)."""
+    parts = (["regression (one pass)"] if objective == "regression"
+             else [f"{sampler} {steps} steps", f"guidance {guidance_scale:g}"])
+    if projection_guidance is None:
+        parts.append("projection-consistent sampling off")
+    else:
+        g = projection_guidance
+        parts.append(f"projection-consistent sampling {g.strength:g}/{g.steps}/{g.inner}")
+    if pose is not None:
+        parts.append(f"pose refinement {pose.rounds} round(s)")
+    parts.append(f"{num_samples} sample{'s' if num_samples > 1 else ''}")
+    return ", ".join(parts)
+
+
+def require_export_libraries(formats, mesh) -> None:
+    """An ImportError naming the extra to install, before any compute."""
+    import importlib.util
+
+    if "dicom" in formats and importlib.util.find_spec("pydicom") is None:
+        raise ImportError("--format dicom needs pydicom: pip install 'x2ct[dicom]'")
+    if mesh is not None and importlib.util.find_spec("skimage") is None:
+        raise ImportError("--mesh needs scikit-image: pip install 'x2ct[mesh]'")
+
+
+def write_exports(args, out_dir: Path, out, recon, xrays, drr, gt_hu, labels, affine,
+                  metrics: dict, settings: dict, written: list[str]) -> list[str]:
+    """--format dicom, --mesh and --report (x2ct.eval.export, x2ct.eval.report), placed by
+    ``affine`` (the reconstruction's voxels in world mm, as ct.nii.gz); returns the names
+    written (relative to ``out_dir`` where inside it)."""
+    from x2ct.eval.export import write_bone_meshes, write_dicom_series
+    from x2ct.eval.report import write_report
+
+    hu = out.hu[0, 0].cpu().numpy()
+    names = []
+    shown = lambda p: str(p.relative_to(out_dir)) if p.is_relative_to(out_dir) else str(p)
+    if "dicom" in args.format:
+        files = write_dicom_series(out_dir / "dicom", hu, affine)
+        names.append(f"dicom/ ({len(files)} slices)")
+    if args.mesh is not None:
+        mesh = Path(args.mesh)
+        mesh = mesh if mesh.is_absolute() else out_dir / mesh
+        names += [shown(p) for p in write_bone_meshes(mesh, hu, affine, labels)]
+    if args.report:
+        std = None if out.std is None else out.std[0, 0].cpu().numpy()
+        truth = None if gt_hu is None else gt_hu[0, 0].numpy()
+        scores = {k: v for k, v in metrics.items() if isinstance(v, float) and k != "seconds"}
+        write_report(out_dir / "report.html", hu, recon.spacing, xrays=xrays[0],
+                     drrs=drr[0].cpu(), view_names=_view_names(recon.geometry.angles), std=std,
+                     truth=truth, metrics=scores, settings=settings,
+                     title=f"x2ct reconstruction: {Path(args.ct or args.ap).name}",
+                     window=recon.autoencoder.config.hu_window, files=[*written, *names])
+        names.append("report.html")
+    return names
+
+
+def _view_names(angles) -> list[str]:
+    names = {0.0: "AP", 90.0: "lateral"}
+    return [names.get(float(a) % 360.0, f"{float(a):g} deg") for a in angles]
+
+
 def _write_json(path: Path, payload: dict) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2))
@@ -249,10 +333,11 @@ def main(argv=None) -> dict:
         ae_config = AutoencoderConfig.from_file(
             Path(args.model) / "autoencoder" / "config.json"
         ).to_dict()
-        for path in (args.ct, args.ap, args.lateral, args.geometry):
+        require_export_libraries(args.format, args.mesh)
+        for path in (args.ct, args.ap, args.lateral, args.geometry, args.labels):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{path}: no such file")
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, ImportError) as e:
         raise InputError(str(e)) from e
     window = tuple(ae_config["hu_window"])
     gt_hu = xrays = case = field_drr = radiographs = None
@@ -287,6 +372,7 @@ def main(argv=None) -> dict:
                     "--xray-input rank"
                 )
         elif args.ct is not None:
+            print(f"reading {args.ct}", flush=True)
             case, gt_hu, xrays, field_drr = ct_inputs(args.ct, config, ae_config, args)
             spine = case.info["spine"]
             print(
@@ -301,9 +387,19 @@ def main(argv=None) -> dict:
         raise InputError(str(e)) from e
 
     guidance, pose = options(args)
+    print(f"loading {args.model}", flush=True)
     recon = Reconstructor.from_pretrained(args.model, device=args.device)
     prepare_out_dir(out_dir, OUTPUTS, args.overwrite)  # before the work, not after
     effective = recon.projection_guidance_for(guidance)
+    from x2ct.data import centred_affine
+
+    summary = sampling_summary(
+        recon.config.objective, args.sampler or recon.config.sampler,
+        args.steps or recon.config.sampler_steps,
+        recon.config.guidance_scale if args.guidance is None else args.guidance,
+        args.num_samples, effective, pose,
+    )
+    print(f"reconstructing: {summary}", flush=True)
     t0 = time.perf_counter()
     out = recon(
         xrays,
@@ -318,6 +414,7 @@ def main(argv=None) -> dict:
         geometry=geometries,
         allow_geometry_mismatch=args.allow_geometry_mismatch,
         intensity=intensity,
+        progress=True,
     )
     if any(mirror):  # PA or right-lateral views were mirrored into the model's
         from x2ct.data import unmirror
@@ -352,18 +449,20 @@ def main(argv=None) -> dict:
         }
         print(f"refined pose (d_angle deg, d_u mm, d_v mm) per view: {out.pose[0].tolist()}")
     # with --ct the field lands where it lies in the patient (the CT file's world frame)
-    place = {"affine": case.affine} if case is not None else {"spacing": recon.spacing}
-    save_ct(out_dir / "ct.nii.gz", out.hu[0, 0].cpu().numpy(), **place)
-    written = ["ct.nii.gz"]
-    if out.std is not None:
-        save_ct(out_dir / "std.nii.gz", out.std[0, 0].cpu().numpy(), **place)
-        written.append("std.nii.gz")
+    affine = case.affine if case is not None else centred_affine(recon.shape, recon.spacing)
+    written = []
+    if "nifti" in args.format:
+        save_ct(out_dir / "ct.nii.gz", out.hu[0, 0].cpu().numpy(), affine=affine)
+        written.append("ct.nii.gz")
+        if out.std is not None:
+            save_ct(out_dir / "std.nii.gz", out.std[0, 0].cpu().numpy(), affine=affine)
+            written.append("std.nii.gz")
     drr = recon.simulate_xrays(out.hu.to(recon.device))
     result = {"seconds": seconds, "options": record}
     if effective is not None or pose is not None:
         _write_json(out_dir / "reconstruction.json", {"seconds": seconds, **record})
         written.append("reconstruction.json")
-    title = f"{args.sampler or recon.config.sampler}, {seconds:.1f} s"
+    title = f"{summary}; {seconds:.1f} s"
     if gt_hu is not None:
         pred_hu = out.hu.cpu()
         result.update(ct_metrics(pred_hu, gt_hu, window))
@@ -382,6 +481,9 @@ def main(argv=None) -> dict:
     )
     save_figure(fig, out_dir / "reconstruction.png", dpi=90)
     written.append("reconstruction.png")
+    labels = None if case is None or case.labels is None else case.labels.numpy()
+    written += write_exports(args, out_dir, out, recon, xrays, drr, gt_hu, labels, affine,
+                             result, record, written)
     print(f"wrote {', '.join(written)} to {out_dir} ({seconds:.1f} s)")
     return result
 

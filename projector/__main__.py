@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from x2ct.cli import InputError, run_main
+from x2ct.clihelp import HelpFormatter
 from x2ct.fileio import atomic_path
 from x2ct.projector.attenuation import DRR_SCALE, hu_to_mu
 from x2ct.projector.geometry import Geometry, view_vectors
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m x2ct.projector",
         description="Render the DRRs of a CT (NIfTI, HU), or with --radiograph simulate the "
                     "radiographs an X-ray room or C-arm would store.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("ct", type=Path, help="CT volume in HU (.nii or .nii.gz, any orientation)")
     p.add_argument("--out", type=Path, required=True, help="output folder")

@@ -16,7 +16,6 @@ import argparse
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from x2ct.autoencoder import AUTOENCODER_CONFIGS, CTAutoencoder, get_config
 from x2ct.autoencoder.losses import (
@@ -30,6 +29,7 @@ from x2ct.autoencoder.losses import (
     reconstruction_loss,
 )
 from x2ct.cli import InputError, run_main
+from x2ct.clihelp import HelpFormatter
 from x2ct.data.transforms import hu_to_unit
 from x2ct.eval.metrics import unit_metrics
 from x2ct.train.checkpoint import resume_latest
@@ -48,13 +48,14 @@ from x2ct.train.loop import (
     val_seeds,
     write_checksums,
 )
+from x2ct.train.progress import BudgetBar, budget_line
 from x2ct.train.run import Deadline, RunDir, StepCounter, save_args
 from x2ct.train.sampling import batch_indices, make_generator, random_crop
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     p.add_argument("--config", default="kl-tiny", choices=sorted(AUTOENCODER_CONFIGS))
     p.add_argument("--latent-channels", type=int, default=None, help="override the config's")
@@ -235,14 +236,10 @@ def main(argv=None) -> Path:
         tb = accelerator.get_tracker("tensorboard", unwrap=True)
 
     # ---- loop
+    accelerator.print(budget_line(counter.step, args.max_steps, args.max_minutes))
     deadline = Deadline(args.max_minutes)
-    bar = tqdm(
-        total=args.max_steps,
-        initial=counter.step,
-        disable=not accelerator.is_local_main_process,
-        dynamic_ncols=True,
-        desc="autoencoder",
-    )
+    bar = BudgetBar("autoencoder", counter.step, args.max_steps, deadline.end,
+                    disable=not accelerator.is_local_main_process)
     steps_this_run = 0
     model.train()
     while counter.step < args.max_steps and not deadline.passed():
@@ -332,7 +329,7 @@ def main(argv=None) -> Path:
         final.save_pretrained(run.model)
         accelerator.print(
             f"step {counter.step}: latent shift {shift:.4f}, scaling {factor:.4f}; "
-            f"saved {run.model}"
+            f"saved {run.model}\nTensorBoard: tensorboard --logdir {run.logs}"
         )
     accelerator.wait_for_everyone()
     finish_run(accelerator, run)

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from x2ct.autoencoder import CTAutoencoder
 from x2ct.cli import InputError, run_main
+from x2ct.clihelp import HelpFormatter
 from x2ct.data import (
     CTFolderDataset,
     PhantomDataset,
@@ -65,10 +66,11 @@ from x2ct.diffusion import (
 )
 from x2ct.diffusion.config import OBJECTIVES
 from x2ct.diffusion.xray_input import XRAY_INPUTS
+from x2ct.eval.comparison import score_cases
 from x2ct.eval.figures import reconstruction_figure, save_figure
 from x2ct.eval.memory import peak_memory_mb
-from x2ct.eval.metrics import ct_metrics
 from x2ct.fileio import atomic_path
+from x2ct.models import model_path
 from x2ct.projector import DRR_SCALE, AcquisitionRange
 from x2ct.train.cache import load_latent_cache
 from x2ct.train.checkpoint import resume_latest
@@ -87,11 +89,11 @@ from x2ct.train.loop import (
     weights_checksum,
     write_checksums,
 )
+from x2ct.train.progress import BudgetBar, budget_line
 from x2ct.train.run import Deadline, RunDir, StepCounter, save_args
 from x2ct.train.sampling import batch_indices, make_generator
+from x2ct.train.summary import closing_comparison, mean_training_ct
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_AUTOENCODER = REPO / "models" / "ae-kl-tiny"
 # Arguments that may change between the runs of one run folder (the rest must not).
 RESUMABLE = {
     "prepare_only",
@@ -114,7 +116,7 @@ ADDED_FLAGS = {"objective": "diffusion"}
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     p.add_argument("--config", default="tiny", choices=sorted(LATENT_DIFFUSION_CONFIGS))
     p.add_argument(
@@ -140,8 +142,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--projection-weight",
         type=float,
-        default=None,
-        help="projection loss weight (0: off, the ablation); default: the config's",
+        default=0.0,
+        help="projection loss weight (0: off; on a CPU it did not pay at equal time, README; "
+        "0.1 is the ablation)",
     )
     p.add_argument(
         "--projection-samples",
@@ -152,8 +155,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--autoencoder",
-        default=str(DEFAULT_AUTOENCODER),
-        help="frozen autoencoder folder (CTAutoencoder.save_pretrained)",
+        default="ae-kl-tiny",
+        type=model_path,
+        help="frozen autoencoder: a model's name or folder (CTAutoencoder.save_pretrained)",
     )
     p.add_argument("--run-dir", default="runs/latent")
     p.add_argument(
@@ -232,7 +236,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "any display curve) or 'drr' (calibrated line integrals only)",
     )
     p.add_argument("--batch-size", type=int, default=8)
-    add_optimisation_args(p, lr=3e-4, schedule="constant", ema_decay=0.999)
+    # a short warm-up: the default 5-minute CPU run makes about 200 steps
+    add_optimisation_args(p, lr=3e-4, schedule="constant", ema_decay=0.999, warmup=20)
     add_run_args(
         p,
         max_steps=100_000,
@@ -269,8 +274,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def config_overrides(args) -> dict:
     """LatentDiffusionConfig fields from --set KEY=VALUE and the switches."""
-    out = {}
-    for item in args.set:
+    out = {"objective": args.objective, "xray_input": args.xray_input, "xrays_through": "body"}
+    if args.no_geometry_aware:
+        out["geometry_aware"] = False
+    if args.projection_weight is not None:
+        out["projection_weight"] = args.projection_weight
+    for item in args.set:  # after the switches: an explicit --set wins
         key, sep, value = item.partition("=")
         if not sep:
             raise InputError(f"--set takes KEY=VALUE, got {item!r}")
@@ -278,13 +287,6 @@ def config_overrides(args) -> dict:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
             out[key] = value  # a bare string, e.g. prediction_type=epsilon
-    out["objective"] = args.objective
-    out["xray_input"] = args.xray_input
-    out["xrays_through"] = "body"
-    if args.no_geometry_aware:
-        out["geometry_aware"] = False
-    if args.projection_weight is not None:
-        out["projection_weight"] = args.projection_weight
     return out
 
 
@@ -395,24 +397,20 @@ def network_xrays(
 
 @torch.no_grad()
 def validate(recon: Reconstructor, val: list[dict], steps: int, seed: int):
-    """Reconstruct the validation cases (DDIM, ``steps``, along each case's views); mean
-    scores and the first case's figure inputs."""
+    """Reconstruct the validation cases (DDIM, ``steps``, along each case's views, no
+    projection-consistent sampling); mean scores and the first case's figure inputs. The
+    projection error is against each field's own DRRs (the X-rays cross the rest of the
+    body too)."""
     window = recon.autoencoder.config.hu_window
     xrays = torch.stack([v["xrays"] for v in val])
     views = torch.stack([v["views"] for v in val]) if "views" in val[0] else None
     out = recon(xrays, sampler="ddim", steps=steps, generator=torch.Generator().manual_seed(seed),
-                views=views)
-    pred = out.hu.cpu()
-    rows = []
-    for i, v in enumerate(val):
-        row = ct_metrics(pred[i], unit_to_hu(v["ct"], window), window)
-        drr = recon.simulate_xrays(pred[i][None], views=None if views is None else views[i])
-        # against the field's own DRRs: the X-rays hold the rest of the body too
-        reference = v["drr_field"] / recon.config.xray_scale
-        row["projection_error"] = float((drr[0] - reference).abs().mean())
-        rows.append(row)
-    first = (xrays[0], out.hu[0], unit_to_hu(val[0]["ct"], window))
-    return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}, first
+                views=views, projection_guidance=False)
+    truth = [unit_to_hu(v["ct"], window) for v in val]
+    references = [v.get("drr_field", v["drr"]) / recon.config.xray_scale for v in val]
+    scores = score_cases(out.hu.cpu(), truth, references, recon.geometry, recon.spacing,
+                         recon.config.xray_scale, window)
+    return scores, (xrays[0], out.hu[0], truth[0])
 
 
 def init_from(model: LatentDenoiser, directory: str) -> None:
@@ -590,14 +588,10 @@ def main(argv=None) -> Path:
         return scores
 
     # ---- loop
+    accelerator.print(budget_line(counter.step, args.max_steps, args.max_minutes))
     deadline = Deadline(args.max_minutes)
-    bar = tqdm(
-        total=args.max_steps,
-        initial=counter.step,
-        dynamic_ncols=True,
-        disable=not accelerator.is_local_main_process,
-        desc="latent diffusion",
-    )
+    bar = BudgetBar("latent diffusion", counter.step, args.max_steps, deadline.end,
+                    disable=not accelerator.is_local_main_process)
     steps_this_run, skipped, t_start = 0, 0, time.monotonic()
     model.train()
     while counter.step < args.max_steps and not deadline.passed():
@@ -672,16 +666,30 @@ def main(argv=None) -> Path:
             "objective": config.objective,
             "parameters": n_params,
         }
+        use, closing = run.model, None
         if args.n_val > 0:
             metrics["val"] = validation(counter.step)
+            accelerator.print("scoring the mean training CT and the shipped model on the same "
+                              "cases")
+            mean_hu = mean_training_ct(train_set, ae_config.hu_window,
+                                       run.root / "mean_ct.safetensors", cache_key)
+            closing = closing_comparison(
+                metrics["val"], Reconstructor(ema.model, autoencoder), val, mean_hu,
+                lambda r: validate(r, val, args.val_steps, args.seed)[0], run.model,
+                accelerator.print)
+            metrics["comparison"] = {"rows": closing["rows"], "use": str(closing["use"])}
+            use = closing["use"]
         with atomic_path(run.root / "metrics.json") as tmp:
             tmp.write_text(json.dumps(metrics, indent=2))
+        if closing is not None:
+            accelerator.print(f"\nvalidation, {args.n_val} held-out phantoms, DDIM "
+                              f"{args.val_steps} steps:\n{closing['table']}\n{closing['why']}\n")
         accelerator.print(
             f"step {counter.step}: saved {run.model} and {run.root / 'metrics.json'}\n"
-            f"reconstruct:  python eval/reconstruct.py --model {run.model} "
-            "--ap AP.png --lateral LAT.png --out OUT\n"
-            f"evaluate:     python eval/evaluate.py --model {run.model} --phantoms 20 "
+            f"reconstruct:  x2ct reconstruct --model {use} --ct CT.nii.gz --out OUT --report\n"
+            f"evaluate:     x2ct evaluate --model {use} --phantoms 20 --baseline mean-ct "
             "--out OUT\n"
+            f"TensorBoard:  tensorboard --logdir {run.logs}\n"
             "continue:     rerun the same command (resumes from the last checkpoint)"
         )
     accelerator.wait_for_everyone()

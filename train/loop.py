@@ -49,10 +49,11 @@ def add_optimisation_args(
     lr: float,
     schedule: str,
     ema_decay: float,
+    warmup: int = 100,
 ) -> None:
     """--lr, --warmup, --schedule, --grad-clip, --ema-decay, --mixed-precision, --grad-accum."""
     p.add_argument("--lr", type=float, default=lr)
-    p.add_argument("--warmup", type=int, default=100, help="linear LR warm-up steps")
+    p.add_argument("--warmup", type=int, default=warmup, help="linear LR warm-up steps")
     p.add_argument(
         "--schedule",
         choices=("constant", "cosine"),
