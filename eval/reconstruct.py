@@ -313,6 +313,24 @@ def _view_names(angles) -> list[str]:
     return [names.get(float(a) % 360.0, f"{float(a):g} deg") for a in angles]
 
 
+def spine_check(hu, spacing) -> str | None:
+    """A warning when the reconstruction shows no vertebral column
+    (``x2ct.data.locate_spine`` fails or is unsure): the images probably do not show a
+    spine, or not as AP and lateral views; None when a column is found."""
+    from x2ct.data import CONFIDENCE_WARN, locate_spine
+
+    try:
+        found = locate_spine(hu, spacing)
+    except ValueError as e:
+        reason = str(e)
+    else:
+        if found.confidence >= CONFIDENCE_WARN:
+            return None
+        reason = f"confidence {found.confidence:.2f}"
+    return (f"the reconstruction shows no clear vertebral column ({reason}): check that the "
+            "images are an AP and a lateral radiograph of the spine")
+
+
 def _write_json(path: Path, payload: dict) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2))
@@ -422,6 +440,9 @@ def main(argv=None) -> dict:
         out = out._replace(hu=unmirror(out.hu, mirror),
                            std=None if out.std is None else unmirror(out.std, mirror))
     seconds = time.perf_counter() - t0
+    spine_note = spine_check(out.hu[0, 0].cpu().numpy(), recon.spacing)
+    if spine_note is not None:
+        print(f"warning: {spine_note}")
     record = {
         "objective": recon.config.objective,
         "sampler": args.sampler or recon.config.sampler,
@@ -458,7 +479,7 @@ def main(argv=None) -> dict:
             save_ct(out_dir / "std.nii.gz", out.std[0, 0].cpu().numpy(), affine=affine)
             written.append("std.nii.gz")
     drr = recon.simulate_xrays(out.hu.to(recon.device))
-    result = {"seconds": seconds, "options": record}
+    result = {"seconds": seconds, "options": record, "spine_found": spine_note is None}
     if effective is not None or pose is not None:
         _write_json(out_dir / "reconstruction.json", {"seconds": seconds, **record})
         written.append("reconstruction.json")

@@ -62,18 +62,35 @@ def test_a_small_radiograph_is_padded_not_squeezed():
 def test_blank_and_constant_images_are_refused():
     good = np.random.default_rng(1).random((32, 32))
     with pytest.raises(ValueError, match="lateral.png: the image is blank or constant"):
-        check_views([good, np.full((32, 32), 7.0)], ["ap.png", "lateral.png"], (0.0, 90.0))
+        check_views([good, np.full((32, 32), 7.0)], ["ap.png", "lateral.png"])
     with pytest.raises(ValueError, match="ap.png"):
-        check_views([np.zeros((32, 32)), good], ["ap.png", "lateral.png"], (0.0, 90.0))
+        check_views([np.zeros((32, 32)), good], ["ap.png", "lateral.png"])
+    check_views([good, good.T], ["ap.png", "lateral.png"])  # fine
 
 
-def test_swapped_views_are_flagged_on_a_whole_body_phantom():
-    from x2ct.data import ct_case, default_geometry, phantom_body
+def test_swapped_files_are_refused_by_their_declared_views(tmp_path):
+    """AP and lateral files given in each other's place: their geometry.json says which
+    view each is, and the model's order refuses them, naming the file."""
+    from x2ct.data import (
+        RadiographView,
+        prepare_radiographs,
+        write_geometry_json,
+        write_radiograph_png,
+        x2ct_orientation,
+    )
 
-    g = default_geometry((32, 32, 32), (4.0, 4.0, 4.0), (32, 32))
-    body, labels = phantom_body(90000, "lumbar", (4.0, 4.0, 4.0), (32, 32, 32))
-    case = ct_case(body, (32, 32, 32), (4.0, 4.0, 4.0), g, mask=labels)
-    ap, lat = case.drr.numpy()
-    assert check_views([ap, lat], ["ap", "lateral"], (0.0, 90.0)) == []
-    warned = check_views([lat, ap], ["ap", "lateral"], (0.0, 90.0))
-    assert len(warned) == 1 and "swapped" in warned[0]
+    entries = []
+    for name, angle in (("ap", 0.0), ("lateral", 90.0)):
+        img = np.random.default_rng(int(angle)).random((200, 200)) * 255
+        write_radiograph_png(tmp_path / f"{name}.png", img, 8)
+        g = Geometry(sad=700.0, sdd=1000.0, detector_shape=(200, 200),
+                     pixel_spacing=(0.8, 0.8), angles=(angle,))
+        entries.append(RadiographView(name, f"{name}.png", g, "display", 8, "MONOCHROME2",
+                                      x2ct_orientation(angle)))
+    write_geometry_json(tmp_path / "geometry.json", entries)
+    ok = prepare_radiographs([tmp_path / "ap.png", tmp_path / "lateral.png"], NOMINAL)
+    assert ok.xrays.shape == (1, 2, 32, 32) and ok.intensity == "display"
+    assert [g.angles[0] for g in ok.geometries] == [0.0, 90.0]
+    with pytest.raises(ValueError, match="lateral.png: a view at 90 degrees where the model "
+                                         "expects one near 0"):
+        prepare_radiographs([tmp_path / "lateral.png", tmp_path / "ap.png"], NOMINAL)
