@@ -28,8 +28,8 @@ from x2ct.cli import InputError, run_main
 from x2ct.clihelp import HelpFormatter
 from x2ct.fileio import atomic_path
 from x2ct.projector.attenuation import DRR_SCALE, hu_to_mu
-from x2ct.projector.geometry import Geometry, view_vectors
-from x2ct.projector.project import BACKENDS, project, resolve_backend
+from x2ct.projector.geometry import Geometry, transform_views, view_vectors
+from x2ct.projector.project import BACKENDS, project_views, resolve_backend
 
 VIEW_NAMES = {0.0: "ap", 90.0: "lateral"}
 STYLES = ("ideal", "default", "random")
@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "patient's left)")
     p.add_argument("--step", type=float, default=0.5,
                    help="sample spacing in units of the smallest voxel spacing")
+    p.add_argument("--isocentre", choices=("volume", "spine"), default="volume",
+                   help="where the views' isocentre lies: the CT volume's centre, or its spine "
+                   "(x2ct.data.locate_spine; what an x2ct model reconstructs around)")
     p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     drr = p.add_argument_group("DRRs (without --radiograph)")
@@ -125,6 +128,20 @@ def _load(args) -> tuple[torch.Tensor, tuple[float, float, float]]:
     return hu, tuple(float(s) for s in ct.spacing)
 
 
+def _views(args, geometry: Geometry, hu: torch.Tensor, spacing) -> torch.Tensor:
+    """The geometry's view vectors, moved so that the isocentre is the CT's centre
+    (``--isocentre volume``) or its spine (``--isocentre spine``)."""
+    views = view_vectors(geometry, torch.float32)
+    if args.isocentre == "volume":
+        return views
+    from x2ct.data import locate_spine
+
+    centre = locate_spine(hu.numpy(), spacing).centre
+    print(f"isocentre on the spine at {', '.join(f'{c:.0f}' for c in centre)} mm "
+          "(from the volume's centre)")
+    return transform_views(views, torch.eye(3), torch.as_tensor(centre, dtype=torch.float32))
+
+
 def _drrs(args) -> int:
     from x2ct.data import save_xray_png
 
@@ -138,7 +155,9 @@ def _drrs(args) -> int:
     print(f"{args.ct}: {tuple(hu.shape)} voxels of {spacing} mm; {backend} backend on "
           f"{mu.device.type}")
     with torch.no_grad():
-        drr = project(mu, geometry, spacing, step=args.step, backend=backend)[0].cpu().numpy()
+        views = _views(args, geometry, hu, spacing)
+        drr = project_views(mu, views.to(mu.device), geometry.detector_shape, spacing,
+                            args.step, geometry.parallel, backend)[0].cpu().numpy()
 
     args.out.mkdir(parents=True, exist_ok=True)
     names = [view_name(a) for a in geometry.angles]
@@ -220,7 +239,8 @@ def _radiographs(args) -> int:
     styles = _styles(args, names)
     start = time.perf_counter()
     with torch.no_grad():
-        paths = material_paths(volume, view_vectors(coarse), (h, w), spacing, args.step,
+        paths = material_paths(volume, _views(args, coarse, hu, spacing), (h, w), spacing,
+                               args.step,
                                backend).cpu()
         if (h, w) != (height, width):
             paths = torch.nn.functional.interpolate(
