@@ -270,6 +270,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--phantom-seed", type=int, default=DEFAULT_PHANTOM_SEED,
                    help="seed of the first test phantom")
     p.add_argument("--region", default="lumbar", choices=("lumbar", "thoracic"))
+    p.add_argument("--phantom-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="force a feature of the test phantoms (x2ct.data.PhantomOptions; VALUE "
+                   "in JSON), e.g. metal=true, fracture=true, contrast='\"arterial\"'")
     p.add_argument("--xray-style", choices=("ideal", "radiograph"), default="ideal",
                    help="test X-rays: 'ideal' DRRs through the whole body, or 'radiograph': "
                    "x2ct's radiograph simulator (random tube voltage, scatter, noise, blur, "
@@ -318,9 +321,36 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--phantoms must be >= 1")
     if args.num_samples < 1 or args.batch_size < 1:
         p.error("--num-samples and --batch-size must be >= 1")
+    try:
+        args.options = phantom_options(args.phantom_option)
+    except ValueError as e:
+        p.error(str(e))
+    if args.options is not None and args.phantoms is None:
+        p.error("--phantom-option applies to --phantoms")
     if args.move is not None and not all(v >= 0 for v in args.move):
         p.error("--move MM DEG must be >= 0")
     return args
+
+
+def phantom_options(items: Sequence[str]):
+    """PhantomOptions from ``KEY=VALUE`` strings (VALUE in JSON), or None for none."""
+    if not items:
+        return None
+    from x2ct.data import PhantomOptions
+
+    fields = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--phantom-option takes KEY=VALUE, got {item!r}")
+        try:
+            fields[key] = json.loads(value)
+        except json.JSONDecodeError:
+            fields[key] = value
+    try:
+        return PhantomOptions(**fields)
+    except TypeError as e:
+        raise ValueError(f"--phantom-option: {e}") from e
 
 
 def _fail(message: str):
@@ -491,7 +521,8 @@ def _test_cases(args, shape, spacing, window, geometry, xray_scale, acquisitions
         if poses is not None:
             kw["views"] = pose_views(nominal, poses[i].double())
         if kind == "phantom":
-            case = phantom_case(src, args.region, shape, spacing, geometry, **kw)
+            case = phantom_case(src, args.region, shape, spacing, geometry,
+                                options=args.options, **kw)
         else:
             case = ct_case(src.image, shape, spacing, geometry, mask=src.label, case_id=src.id,
                            **kw)
@@ -750,7 +781,7 @@ def main(argv=None) -> dict:
             "move": None if args.move is None else
             {"shift_mm": args.move[0], "turn_deg": args.move[1]},
             "data": ({"kind": "phantoms", "n": args.phantoms, "seed": args.phantom_seed,
-                      "region": args.region}
+                      "region": args.region, "options": args.phantom_option}
                      if args.phantoms is not None else
                      {"kind": "folder", "root": str(args.data), "split": args.split,
                       "ids": [c["id"] for c in cases]}),

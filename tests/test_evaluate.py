@@ -80,7 +80,8 @@ def test_evaluate_phantoms_writes_every_output(models, tmp_path, monkeypatch, ca
         assert key in saved, key
     s = saved["settings"]
     assert (s["sampler"], s["steps"], s["num_samples"], s["batch_size"]) == ("ddim", 2, 2, 2)
-    assert s["data"] == {"kind": "phantoms", "n": 2, "seed": 90000, "region": "lumbar"}
+    assert s["data"] == {"kind": "phantoms", "n": 2, "seed": 90000, "region": "lumbar",
+                         "options": []}
     assert s["move"] is None
     assert set(saved["git"]) == {"commit", "dirty"}
     assert saved["unavailable"] == {}  # LPIPS stood in, FID had its network
