@@ -207,12 +207,25 @@ def prepare_radiographs(
         raise ValueError(f"the model takes {nominal.num_views} views, got {len(files)} files")
     read = []
     notes: list[str] = []
-    for path in files:
-        r = read_radiograph(path, geometry_json=geometry_json, pixel_spacing=pixel_spacing,
-                            sid_mm=sid_mm, sod_mm=sod_mm)
+    # Every file is read (and refused if unreadable) before any geometry is asked of it.
+    # A file that declares no view angle (a plain PNG) takes the one of its place: the
+    # caller said which file is the AP and which the lateral.
+    opened = [read_radiograph(path, geometry_json=geometry_json, pixel_spacing=pixel_spacing,
+                              sid_mm=sid_mm, sod_mm=sod_mm) for path in files]
+    for path, r, angle in zip(files, opened, nominal.angles):
+        if r.geometry is None and r.source.get("angle") == "unknown":
+            r = read_radiograph(path, geometry_json=geometry_json, view=angle,
+                                pixel_spacing=pixel_spacing, sid_mm=sid_mm, sod_mm=sod_mm)
+            r.source["angle"] = f"its place among the views ({angle:g} degrees)"
+            notes.append(f"{path}: no view angle in the file; taken as {angle:g} degrees from "
+                         "its place (AP first, lateral second)")
         g = r.geometry
-        if g is None or g.angles[0] is None:
-            raise ValueError(f"{path}: no geometry for this image")
+        if g is None:
+            raise ValueError(
+                f"{path}: no pixel spacing (mm per pixel at the detector) in the file; give "
+                "--pixel-spacing DV DU, a geometry.json beside it (x2ct.data.xray_files), or "
+                "a DICOM with ImagerPixelSpacing"
+            )
         read.append((str(path), r, g))
         assumed = [k for k, v in r.source.items() if v == "default"]
         if assumed:

@@ -407,6 +407,12 @@ def main(argv=None) -> dict:
     guidance, pose = options(args)
     print(f"loading {args.model}", flush=True)
     recon = Reconstructor.from_pretrained(args.model, device=args.device)
+    if geometries is not None:  # the radiographs' acquisition against the model's range
+        try:
+            recon.acquisition_views(geometries, args.allow_geometry_mismatch)
+        except ValueError as e:
+            raise InputError(str(e).replace("pass allow_geometry_mismatch=True",
+                                            "pass --allow-geometry-mismatch")) from e
     prepare_out_dir(out_dir, OUTPUTS, args.overwrite)  # before the work, not after
     effective = recon.projection_guidance_for(guidance)
     from x2ct.data import centred_affine

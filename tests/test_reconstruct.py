@@ -20,6 +20,13 @@ def model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def rank_model_dir(tmp_path_factory):
+    """A model that reads radiographs (rank-normalised inputs)."""
+    model = tiny_reconstructor(xray_input="rank")
+    return model.save_pretrained(tmp_path_factory.mktemp("rank") / "model")
+
+
+@pytest.fixture(scope="module")
 def ct_path(tmp_path_factory):
     """A phantom CT at another spacing and size than the model's (resampled on input)."""
     ph = spine_phantom((20, 20, 24), (6.0, 6.0, 6.0), seed=7)
@@ -62,39 +69,35 @@ def test_from_ct_writes_volume_uncertainty_figure_and_scores(tmp_path, model_dir
     # the volume and its std are the mean and spread of the two ddpm samples the library
     # draws for the CT's X-rays with that seed
     from x2ct.diffusion import Reconstructor
-    from x2ct.eval.reconstruct import prepare_ct
+    from x2ct.eval.reconstruct import ct_inputs, parse_args
 
     recon = Reconstructor.from_pretrained(model_dir)
-    window = recon.autoencoder.config.hu_window
-    gt = prepare_ct(ct_path, SPACING, CT_SHAPE, window, recon.config.spine_position)
-    lib = recon(recon.simulate_xrays(gt), sampler="ddpm", steps=2, num_samples=2,
+    args = parse_args(["--model", str(model_dir), "--ct", str(ct_path), "--out", str(out)])
+    _, gt, xrays, _ = ct_inputs(ct_path, recon.config.to_dict(),
+                                recon.autoencoder.config.to_dict(), args)
+    assert gt.shape == (1, 1, *CT_SHAPE)
+    lib = recon(xrays, sampler="ddpm", steps=2, num_samples=2,
                 generator=torch.Generator().manual_seed(1))
     np.testing.assert_allclose(ct.hu, lib.hu[0, 0].numpy(), atol=1e-2)
     np.testing.assert_allclose(load_ct(out / "std.nii.gz").hu, lib.std[0, 0].numpy(), atol=1e-2)
 
 
-def test_from_two_pngs_resizes_with_a_warning(tmp_path, model_dir):
+def test_from_two_pngs_by_their_place_and_pixel_spacing(tmp_path, rank_model_dir, capsys):
+    """Plain PNGs declare no view and no pixel size: the view comes from the flag each was
+    given under (said), the pixel size must be given (refused without, naming the field)."""
     views = torch.rand(2, 20, 20, generator=torch.Generator().manual_seed(0)) * 0.4
     ap = save_xray_png(tmp_path / "ap.png", views[0])
     lat = save_xray_png(tmp_path / "lateral.png", views[1])
     out = tmp_path / "out"
-    with pytest.warns(UserWarning, match="resized"):
-        main(
-            [
-                "--model",
-                str(model_dir),
-                "--ap",
-                str(ap),
-                "--lateral",
-                str(lat),
-                "--out",
-                str(out),
-                "--steps",
-                "2",
-                "--sampler",
-                "rflow",
-            ]
-        )
+    args = ["--model", str(rank_model_dir), "--ap", str(ap), "--lateral", str(lat), "--out",
+            str(out), "--steps", "2", "--sampler", "rflow"]
+    with pytest.raises(InputError, match="ap.png: no pixel spacing.*--pixel-spacing"):
+        main(args)
+    assert not out.exists()
+    main(args + ["--pixel-spacing", "4.0", "--allow-geometry-mismatch"])
+    printed = capsys.readouterr().out
+    assert "ap.png: no view angle in the file; taken as 0 degrees" in printed
+    assert "lateral.png: no view angle in the file; taken as 90 degrees" in printed
     assert sorted(p.name for p in out.iterdir()) == ["ct.nii.gz", "reconstruction.png"]
     assert load_ct(out / "ct.nii.gz").hu.shape == CT_SHAPE
 
@@ -103,10 +106,13 @@ def test_declared_geometry_must_match(tmp_path, model_dir):
     from x2ct.diffusion import Reconstructor
 
     geometry = Reconstructor.from_pretrained(model_dir).geometry.to_dict()
-    ap = save_xray_png(tmp_path / "ap.png", np.full((16, 16), 0.2))
-    lat = save_xray_png(tmp_path / "lateral.png", np.full((16, 16), 0.2))
+    rng = np.random.default_rng(0)
+    ap = save_xray_png(tmp_path / "ap.png", rng.uniform(0.1, 0.3, (16, 16)))
+    lat = save_xray_png(tmp_path / "lateral.png", rng.uniform(0.1, 0.3, (16, 16)))
     other = {**geometry, "sdd": geometry["sdd"] + 100.0}
-    (tmp_path / "geometry.json").write_text(json.dumps({"geometry": other, "step": 0.5}))
+    (tmp_path / "geometry.json").write_text(
+        json.dumps({"geometry": other, "views": ["ap", "lateral"]})
+    )
     args = [
         "--model",
         str(model_dir),

@@ -28,9 +28,9 @@ def record_steps(monkeypatch, module) -> list[tuple[int, int]]:
     seen: list[tuple[int, int]] = []
     original = module.end_of_step
 
-    def recording(accelerator, run, step, steps_this_run, args, bar):
+    def recording(accelerator, run, step, steps_this_run, *rest):
         seen.append((step, steps_this_run))
-        return original(accelerator, run, step, steps_this_run, args, bar)
+        return original(accelerator, run, step, steps_this_run, *rest)
 
     monkeypatch.setattr(module, "end_of_step", recording)
     return seen
