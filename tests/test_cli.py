@@ -1,4 +1,4 @@
-"""The ``x2ct`` command (x2ct/cli.py) and models by name (x2ct/models.py)."""
+"""The ``x2ct`` command (x2ct/command.py) and models by name (x2ct/models.py)."""
 
 import importlib
 import os
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from x2ct import cli
+from x2ct import command as cli  # the `x2ct` console script
 from x2ct.models import (
     MODELS_ENV,
     list_models,

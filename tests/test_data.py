@@ -241,23 +241,42 @@ def test_default_geometry_covers_the_volume_tightly():
     assert rows.max() > 0.9
 
 
-def test_phantom_dataset_items():
-    ds = PhantomDataset(3, seed=10, shape=SHAPE, spacing=SPACING)
+def test_phantom_dataset_items(tmp_path):
+    """Whole body (the default): each item is the case ``phantom_case`` makes of the seed's
+    phantom (the path of a patient's CT), its X-rays through the whole body."""
+    from x2ct.data.cases import phantom_case
+
+    ds = PhantomDataset(3, seed=10, shape=SHAPE, spacing=SPACING, cache_dir=tmp_path)
     assert len(ds) == 3 and ds.ids[0] == "phantom_0010"
     item = ds[1]
     assert item["id"] == "phantom_0011"
     assert item["ct"].shape == (1, *SHAPE) and item["ct"].dtype == torch.float32
     assert item["ct"].min() >= -1.0 and item["ct"].max() <= 1.0
     assert item["xrays"].shape == (2, 32, 32) and item["xrays"].dtype == torch.float32
-    assert item["xrays"].min() >= 0.0 and 0.05 < item["xrays"].max() < 2.0
     assert item["labels"].shape == (1, *SHAPE) and item["labels"].dtype == torch.int64
+    assert item["views"].shape == (2, 15)
     assert torch.equal(item["spacing"], torch.tensor(SPACING))
+    case = phantom_case(11, "lumbar", SHAPE, SPACING, ds.geometry, window=ds.window)
+    torch.testing.assert_close(item["ct"][0], hu_to_unit(case.hu.float(), ds.window))
+    torch.testing.assert_close(item["xrays"], case.drr / DRR_SCALE)
+    torch.testing.assert_close(item["drr"], case.drr)  # line integrals, as rendered
+    field = item["drr_field"] / DRR_SCALE  # the field's own DRRs, the projection target
+    torch.testing.assert_close(field, _drr(item["ct"], ds.geometry, SPACING),
+                               atol=1e-4, rtol=1e-4)
+    # the body around the field attenuates: whole-body X-rays are darker than the field's
+    assert (item["xrays"] - field).mean() > 0.05
+    with pytest.raises(IndexError):
+        ds[3]
+
+
+def test_phantom_dataset_field_only_items():
+    ds = PhantomDataset(3, seed=10, shape=SHAPE, spacing=SPACING, whole_body=False)
+    item = ds[1]
+    assert item["xrays"].min() >= 0.0 and 0.05 < item["xrays"].max() < 2.0
     ref = spine_phantom(SHAPE, SPACING, seed=11)
     assert torch.equal(item["labels"][0], torch.from_numpy(ref.labels).long())
     assert torch.allclose(item["ct"][0], hu_to_unit(torch.from_numpy(ref.hu)))
     torch.testing.assert_close(item["xrays"], _drr(item["ct"], ds.geometry, SPACING))
-    with pytest.raises(IndexError):
-        ds[3]
 
 
 def test_phantom_dataset_splits():
@@ -329,9 +348,17 @@ def test_ct_folder_dataset_caches_outside_the_data(tmp_path, monkeypatch):
     assert item["ct"].min() >= -1.0 and item["ct"].max() <= 1.0
     assert item["xrays"].shape == (2, 24, 22)
     assert item["labels"].dtype == torch.int64 and (item["labels"] > 0).any()
-    torch.testing.assert_close(item["xrays"], _drr(item["ct"], ds.geometry, spacing))
+    # the case reconstruct.py --ct makes of the same CT and labels: X-rays through the whole
+    # resampled CT, the field's own DRRs the projection target
+    from x2ct.data.cases import ct_case
+
+    ref = ct_case(ds.cases[1].image, shape, spacing, ds.geometry,
+                  mask=ds.cases[1].label, window=ds.window)
+    torch.testing.assert_close(item["xrays"], ref.drr / DRR_SCALE)
+    torch.testing.assert_close(item["drr_field"] / DRR_SCALE,
+                               _drr(item["ct"], ds.geometry, spacing), atol=1e-4, rtol=1e-4)
     entries = sorted((cache / "ctfolder").iterdir())
-    assert len(entries) == 1 and entries[0].name.startswith("sub-verse001-")
+    assert len(entries) == 1 and entries[0].name.startswith("sub-verse001_0-")  # its first placement
     assert not any(p.suffix == ".safetensors" for p in root.rglob("*"))
 
     # A second dataset reads the cache instead of preprocessing again.

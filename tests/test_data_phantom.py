@@ -122,8 +122,11 @@ def test_dataset_places_each_phantom_at_its_own_offset():
 
     from x2ct.data import PhantomDataset, phantom_offset
 
-    plain = PhantomDataset(3, seed=10, shape=SHAPE, spacing=SPACING)
-    shifted = PhantomDataset(3, seed=10, shape=SHAPE, spacing=SPACING, max_shift_mm=6.0)
+    # max_shift_mm moves the anatomy of field-only phantoms (whole-body ones are placed by
+    # ``placement``: tests/test_scene.py)
+    plain = PhantomDataset(3, seed=10, shape=SHAPE, spacing=SPACING, whole_body=False)
+    shifted = PhantomDataset(3, seed=10, shape=SHAPE, spacing=SPACING, max_shift_mm=6.0,
+                             whole_body=False)
     offsets = np.array([phantom_offset(s, 6.0) for s in shifted.seeds])
     assert np.all(np.abs(offsets) <= 6.0) and len({tuple(o) for o in offsets}) == 3
     assert phantom_offset(10, 6.0) == phantom_offset(10, 6.0) and phantom_offset(10, 0) == (0, 0, 0)

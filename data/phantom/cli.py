@@ -96,3 +96,6 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"{ph.info['body']['width_mm']:.0f}x{ph.info['body']['depth_mm']:.0f} mm, "
               f"BMD {ph.info['bmd']:.0f} mg/cm3, {', '.join(feats) or 'no extra features'} "
               f"-> {', '.join(p.name for p in written)}")  # fmt: skip
+    ids = [phantom_id(args.seed + i) for i in range(args.n)]
+    named = ids[0] if len(ids) == 1 else f"{ids[0]} .. {ids[-1]}"
+    print(f"wrote {args.n} phantom(s) {named} in {args.out}")
