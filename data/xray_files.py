@@ -325,13 +325,22 @@ def _read_image(path: Path) -> tuple[np.ndarray, int | None]:
     """Raw grey values of a PNG/TIFF and their bit depth (None for float images)."""
     from PIL import Image, UnidentifiedImageError
 
+    from x2ct.data.io import _check_xray_size
+
     try:
         with Image.open(path) as im:
+            _check_xray_size(path, (im.size[1], im.size[0]))  # before decoding any pixel
             im.load()
             if im.mode in ("P", "PA"):
                 im = im.convert("RGBA")
             mode, a = im.mode, np.array(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except ValueError as e:
+        if str(e).startswith(str(path)):  # the size check's own message
+            raise
+        raise ValueError(f"{path}: cannot read the image ({e}); expected a PNG or TIFF") from e
+    except MemoryError as e:
+        raise ValueError(f"{path}: not enough memory to decode the image") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
         raise ValueError(f"{path}: cannot read the image ({e}); expected a PNG or TIFF") from e
     if a.ndim == 3:
         if a.shape[-1] in (2, 4):
@@ -426,6 +435,8 @@ def read_radiograph(
         raise ValueError(f"{path}: expected a radiograph ({', '.join(RADIOGRAPH_SUFFIXES)})")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such radiograph")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: the file is empty")
     entry, json_name = _sidecar(path, geometry_json)
     source: dict[str, str] = {}
     ds = None
@@ -439,19 +450,17 @@ def read_radiograph(
             orientation = tuple(str(v) for v in value)
             source["orientation"] = "dicom tag PatientOrientation"
     elif suffix == ".npy":
-        try:
-            pixels = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as e:
-            raise ValueError(f"{path}: cannot read the NumPy array ({e})") from e
-        if not np.issubdtype(pixels.dtype, np.number):
-            raise ValueError(f"{path}: expected a numeric (H, W) array, got {pixels.dtype}")
+        from x2ct.data.io import _read_npy  # header (dtype, size) checked before reading
+
+        pixels = _read_npy(path)
         pixels, bits, intensity = pixels.astype(np.float64), None, "line_integral"
     else:
         pixels, bits = _read_image(path)
         intensity = "display"
     pixels = np.squeeze(pixels)
     if pixels.ndim != 2:
-        raise ValueError(f"{path}: expected one (H, W) image, got shape {pixels.shape}")
+        raise ValueError(f"{path}: expected one (H, W) image (2 dimensions), got shape "
+                         f"{pixels.shape}")
     if not np.all(np.isfinite(pixels)):
         raise ValueError(f"{path}: the radiograph has non-finite values")
 
