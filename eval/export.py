@@ -261,9 +261,10 @@ def bone_meshes(hu, affine, labels=None, threshold: float = BONE_HU, smoothing: 
     smoothed by a Gaussian of ``smoothing`` voxels (0: none), as 3D Slicer turns a
     segment into a model: the mesh encloses the mask's voxel volume without a voxel
     staircase (within about 1% on solid shapes; thin cortical shells and processes, one or
-    two voxels thick, lose more: 13% of all bone on a phantom at 2 mm). (The iso-surface of the HU values
-    themselves would sit where interpolated HU crosses the threshold, outside the mask's
-    voxel faces wherever the threshold is below the mid-point of an edge's HU step.)
+    two voxels thick, lose more: 13% of all bone on a phantom at 2 mm). (The iso-surface
+    of the HU values themselves would sit where interpolated HU crosses the threshold,
+    outside the mask's voxel faces wherever the threshold is below the mid-point of an
+    edge's HU step.)
 
     ``labels`` (X, Y, Z), VerSe numbering, on the volume's grid: every bone voxel takes
     the label of the nearest voxel labelled a vertebra, and each vertebra is meshed on its

@@ -358,6 +358,11 @@ def main(argv=None) -> dict:
     except (FileNotFoundError, ValueError, ImportError) as e:
         raise InputError(str(e)) from e
     window = tuple(ae_config["hu_window"])
+    print(f"loading {args.model}", flush=True)  # a broken model is named before any input work
+    try:
+        recon = Reconstructor.from_pretrained(args.model, device=args.device)
+    except (ValueError, OSError) as e:
+        raise InputError(str(e)) from e
     gt_hu = xrays = case = field_drr = radiographs = None
     intensity, geometries, mirror = "line_integral", None, (False, False)
     try:
@@ -405,8 +410,6 @@ def main(argv=None) -> dict:
         raise InputError(str(e)) from e
 
     guidance, pose = options(args)
-    print(f"loading {args.model}", flush=True)
-    recon = Reconstructor.from_pretrained(args.model, device=args.device)
     if geometries is not None:  # the radiographs' acquisition against the model's range
         try:
             recon.acquisition_views(geometries, args.allow_geometry_mismatch)

@@ -358,7 +358,8 @@ def test_ct_folder_dataset_caches_outside_the_data(tmp_path, monkeypatch):
     torch.testing.assert_close(item["drr_field"] / DRR_SCALE,
                                _drr(item["ct"], ds.geometry, spacing), atol=1e-4, rtol=1e-4)
     entries = sorted((cache / "ctfolder").iterdir())
-    assert len(entries) == 1 and entries[0].name.startswith("sub-verse001_0-")  # its first placement
+    # one entry, the case's first (only) placement
+    assert len(entries) == 1 and entries[0].name.startswith("sub-verse001_0-")
     assert not any(p.suffix == ".safetensors" for p in root.rglob("*"))
 
     # A second dataset reads the cache instead of preprocessing again.

@@ -409,7 +409,6 @@ def test_input_error_unwraps_monai_transform_errors(tmp_path):
     ],
 )
 def test_reconstruct_refuses_bad_numbers(tmp_path, model_dir, capsys, flags, expected):
-    from x2ct.data import save_ct
     from x2ct.eval.reconstruct import main
 
     ct = _spine_ct(tmp_path / "ct.nii.gz")
@@ -422,7 +421,6 @@ def test_reconstruct_refuses_bad_numbers(tmp_path, model_dir, capsys, flags, exp
 
 # --------------------------------------------------------------------------- 5. --out
 def test_out_folder_never_mixes_runs(tmp_path, model_dir, capsys):
-    from x2ct.data import save_ct
     from x2ct.eval.reconstruct import main
 
     ct = _spine_ct(tmp_path / "ct.nii.gz")
@@ -445,7 +443,6 @@ def test_out_folder_never_mixes_runs(tmp_path, model_dir, capsys):
 
 @pytest.mark.parametrize("where", ["a file", "/proc", "read-only"])
 def test_unwritable_out_fails_before_the_work(tmp_path, model_dir, capsys, monkeypatch, where):
-    from x2ct.data import save_ct
     from x2ct.diffusion import Reconstructor
     from x2ct.eval.reconstruct import main
 

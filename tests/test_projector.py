@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from x2ct.cli import InputError
 from x2ct.projector import (
     Geometry,
     backproject,
@@ -376,6 +377,6 @@ def test_command_line_renders_a_water_box(tmp_path, capsys):
     for name, img in zip(("ap", "lateral"), drr):
         np.testing.assert_allclose(load_xray(out / f"{name}.png"), img / DRR_SCALE,
                                    atol=1 / 65535)
-    with pytest.raises(SystemExit, match="--size"):
+    with pytest.raises(InputError, match="--size"):
         main([str(ct), "--out", str(tmp_path / "bad"), "--size", "0"])
     assert not (tmp_path / "bad").exists()

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from x2ct.cli import InputError
 from x2ct.data import centred_affine, read_radiograph, save_ct, spine_phantom
 from x2ct.projector.__main__ import build_parser, main
 
@@ -83,8 +84,8 @@ def test_random_style_is_seeded(ct_path, tmp_path):
 def test_help_shows_defaults_and_bad_arguments_fail(ct_path, tmp_path):
     text = build_parser().format_help()
     assert "(default: 90.0)" in text and "(default: 0.2)" in text and "--render-mm" in text
-    with pytest.raises(SystemExit, match="--sid .* must exceed --sod"):
+    with pytest.raises(InputError, match="--sid .* must exceed --sod"):
         main([str(ct_path), "--out", str(tmp_path), "--radiograph", "--sid", "500",
               "--sod", "700"])
-    with pytest.raises(SystemExit, match="--render-mm"):
+    with pytest.raises(InputError, match="--render-mm"):
         main([str(ct_path), "--out", str(tmp_path), "--radiograph", "--render-mm", "0.1"])
