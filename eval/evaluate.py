@@ -282,6 +282,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="move each case's field off its located spine by MM mm (a random "
                    "direction per case) and turn it by DEG degrees about the body axis (a "
                    "random sign): patients placed otherwise than the training default")
+    p.add_argument("--locate-by", choices=("image", "labels"), default="image",
+                   help="how each case's spine is found before its field is cut: 'image' "
+                   "(x2ct.data.locate_spine, as reconstruct.py does for a CT given alone) or "
+                   "'labels' (the phantom's or the folder's vertebra labels, as with "
+                   "reconstruct.py --labels; the localiser needs CTs of 3 mm voxels or finer)")
     p.add_argument("--train-seed", type=int, default=0, help="first training phantom seed")
     p.add_argument("--n-train-mean", type=int, default=16,
                    help="training CTs averaged for mean-ct (phantoms; a folder: at most this)")
@@ -516,7 +521,8 @@ def _test_cases(args, shape, spacing, window, geometry, xray_scale, acquisitions
     nominal = view_vectors(geometry)
     out = []
     for i, (kind, src) in enumerate(tqdm(sources, desc="test cases", disable=args.no_progress)):
-        kw = dict(shift_mm=moves[i][0], turn_deg=moves[i][1], window=window, locate_by="image",
+        kw = dict(shift_mm=moves[i][0], turn_deg=moves[i][1], window=window,
+                  locate_by="mask" if args.locate_by == "labels" else "image",
                   keep_body=args.xray_style == "radiograph")
         if poses is not None:
             kw["views"] = pose_views(nominal, poses[i].double())

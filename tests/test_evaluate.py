@@ -12,7 +12,6 @@ import torch
 from latent_helpers import CT_SHAPE, SPACING, tiny_reconstructor
 
 from x2ct.cli import InputError
-from x2ct.data import spine_phantom
 from x2ct.eval import evaluate
 
 CASE_KEYS = ("mae_hu", "psnr_3d", "ssim_3d", "psnr_2d_mean", "ssim_2d_mean", "mae_hu_spine",
@@ -45,11 +44,16 @@ class StandInLPIPS(torch.nn.Module):
 
 def mean_ct_scores(train_seeds, test_seed, window=(-1000.0, 2000.0)) -> dict[str, float]:
     """mae_hu, psnr_3d and dice_bone (bone: HU >= 250) of the mean-ct baseline on one
-    lumbar phantom, computed from the phantoms directly (numpy, scikit-image)."""
+    lumbar phantom, computed from the phantoms' cases (the field cut around each one's
+    labelled spine) directly (numpy, scikit-image)."""
     from skimage.metrics import peak_signal_noise_ratio
 
-    phantom = lambda s: np.clip(spine_phantom(CT_SHAPE, SPACING, seed=s, region="lumbar").hu,
-                                *window).astype(np.float64)
+    from x2ct.data import phantom_case
+
+    geometry = tiny_reconstructor().geometry
+    phantom = lambda s: np.clip(
+        phantom_case(s, "lumbar", CT_SHAPE, SPACING, geometry).hu.numpy(), *window
+    ).astype(np.float64)
     pred = np.mean([phantom(s) for s in train_seeds], axis=0)
     truth = phantom(test_seed)
     lo, hi = window
@@ -71,7 +75,8 @@ def test_evaluate_phantoms_writes_every_output(models, tmp_path, monkeypatch, ca
         "--model", str(models / "a" / "model"), "--model", f"second={models / 'b' / 'model'}",
         "--autoencoder", str(models / "a" / "model" / "autoencoder"), "--baseline", "mean-ct",
         "--phantoms", "2", "--n-train-mean", "2", "--batch-size", "2", "--steps", "2",
-        "--sampler", "ddim", "--num-samples", "2", "--fid-net", str(fid_net), "--fid-slices", "4",
+        "--locate-by", "labels", "--sampler", "ddim", "--num-samples", "2",
+        "--fid-net", str(fid_net), "--fid-slices", "4",
         "--lpips-slices", "2", "--out", str(out), "--no-progress",
     ])
     saved = json.loads((out / "summary.json").read_text())
@@ -100,7 +105,7 @@ def test_evaluate_phantoms_writes_every_output(models, tmp_path, monkeypatch, ca
                                         "num_samples": 2}
     # different weights, different reconstructions
     assert by_name["a"]["metrics"]["mae_hu"] != by_name["second"]["metrics"]["mae_hu"]
-    assert by_name["mean-ct"]["averaged"] == {"phantom_seeds": [0, 1]}
+    assert by_name["mean-ct"]["averaged"] == {"phantom_seeds": [0, 1], "region": "lumbar"}
     assert summary["rows"][0]["metrics"]["psnr_3d"]["mean"] == pytest.approx(
         by_name["a"]["metrics"]["psnr_3d"]["mean"])
 
@@ -119,16 +124,16 @@ def test_evaluate_phantoms_writes_every_output(models, tmp_path, monkeypatch, ca
             value, rel=2e-5, abs=1e-4), key  # the CSV keeps 6 digits
     # and model a's: the mean of the two samples the library draws for both cases (one
     # batch, --seed 0) from the phantoms' X-rays
-    from x2ct.data import PhantomDataset
+    from x2ct.data import phantom_case
     from x2ct.diffusion import Reconstructor
 
     recon = Reconstructor.from_pretrained(models / "a" / "model")
-    data = PhantomDataset(2, seed=90000, shape=CT_SHAPE, spacing=SPACING, geometry=recon.geometry,
-                          xray_scale=recon.config.xray_scale, cache_size=0)
-    gt = [torch.from_numpy(np.clip(spine_phantom(CT_SHAPE, SPACING, seed=90000 + i).hu,
-                                   -1000.0, 2000.0)) for i in range(2)]
-    pred = recon(torch.stack([data[i]["xrays"] for i in range(2)]), sampler="ddim", steps=2,
-                 num_samples=2, generator=torch.Generator().manual_seed(0)).hu
+    cases = [phantom_case(90000 + i, "lumbar", CT_SHAPE, SPACING, recon.geometry)
+             for i in range(2)]
+    gt = [c.hu.clamp(-1000.0, 2000.0) for c in cases]
+    xrays = torch.stack([c.drr / recon.config.xray_scale for c in cases])  # through the body
+    pred = recon(xrays, sampler="ddim", steps=2, num_samples=2,
+                 generator=torch.Generator().manual_seed(0)).hu
     for i, case in enumerate(("phantom_90000", "phantom_90001")):
         mae = float((pred[i, 0].clamp(-1000.0, 2000.0) - gt[i]).abs().mean())
         assert float(by_case[("a", case)]["mae_hu"]) == pytest.approx(mae, rel=1e-4), case
@@ -154,7 +159,7 @@ def test_evaluate_a_folder_of_cts(models, tmp_path):
                    "--baseline", "mean-ct", "--data", str(tmp_path / "test"), "--split", "all",
                    "--train-data", str(tmp_path / "train"), "--cache-dir", str(tmp_path / "c"),
                    "--fid-net", "none", "--no-lpips", "--shape", "16", "16", "16",
-                   "--out", str(out), "--no-progress"])
+                   "--locate-by", "labels", "--out", str(out), "--no-progress"])
     saved = json.loads((out / "summary.json").read_text())
     assert saved["settings"]["data"]["ids"] == ["phantom_0500", "phantom_0501"]
     assert "fid" in saved["unavailable"] and "lpips" in saved["unavailable"]
@@ -222,7 +227,8 @@ def test_guided_and_pose_rows_on_jittered_views(models, tmp_path):
         "--model", model, "--pc-model", model, "--no-pc-model", model,
         "--pose-model", f"posed={model}",
         "--baseline", "mean-ct", "--phantoms", "2", "--n-train-mean", "2", "--batch-size", "2",
-        "--steps", "2", "--pc-strength", "0.2", "--pc-steps", "1", "--pc-inner", "2",
+        "--locate-by", "labels", "--steps", "2", "--pc-strength", "0.2", "--pc-steps", "1",
+        "--pc-inner", "2",
         "--pose-iters", "4", "--pose-jitter", "3", "4", "--fid-net", "none", "--no-lpips",
         "--out", str(out), "--no-progress",
     ])
@@ -241,8 +247,14 @@ def test_guided_and_pose_rows_on_jittered_views(models, tmp_path):
         lines = {(r["method"], r["case"]): r for r in csv.DictReader(f)}
     for case in ("phantom_90000", "phantom_90001"):
         plain, guided = lines[("a", case)], lines[("a + pc", case)]
-        assert float(guided["projection_error"]) <= float(plain["projection_error"]) * (1 + 1e-4)
+        # The guard keeps, per case, whichever of the plain and guided results fits the
+        # input X-rays (through the body) better; the table's error is against the field's
+        # own DRRs, so only this holds: a case where the plain result was kept scores as
+        # the plain row (the same noise), one where the guided was kept does not.
         assert guided["guided"] in ("0", "1")
+        same = float(guided["projection_error"]) == pytest.approx(
+            float(plain["projection_error"]), rel=1e-4)
+        assert same == (guided["guided"] == "0")
         # the plain row assumes the nominal views: its pose error is the jitter itself
         truth = evaluate.draw_poses(2, 2, 3.0, 4.0, seed=0)[int(case[-1])]
         assert float(plain["pose_error_deg"]) == pytest.approx(float(truth[:, 0].abs().mean()),
@@ -276,20 +288,25 @@ def test_posed_views_render_through_the_whole_body_and_move_with_the_pose():
 
 
 def test_evaluate_and_reconstruct_give_the_same_numbers_on_the_same_ct(models, tmp_path):
-    """One whole-body CT (a phantom written to NIfTI, no mask): reconstruct.py --ct and
-    evaluate.py --data make the same case (spine located in the image, X-rays through the
-    whole CT) and report the same scores for the same model, sampler and seed."""
+    """One whole-body CT (a phantom written to NIfTI with its labels): reconstruct.py --ct
+    and evaluate.py --data make the same case (spine located by the labels, X-rays through
+    the whole CT) and report the same scores for the same model, sampler and seed."""
     from x2ct.data import phantom_body, save_ct
     from x2ct.eval import reconstruct
 
-    body, _ = phantom_body(90003, "lumbar", (8.0, 8.0, 8.0), (16, 16, 16))
+    # the spine is located by the CT's labels in both (the localiser needs finer voxels
+    # than this 8 mm test model's)
+    body, labels = phantom_body(90003, "lumbar", (8.0, 8.0, 8.0), (16, 16, 16))
     folder = tmp_path / "cts"
     save_ct(folder / "patient_ct.nii.gz", body.hu, affine=body.affine)
+    save_ct(folder / "patient_seg-vert_msk.nii.gz", labels, affine=body.affine)
     model = str(models / "a" / "model")
     common = ["--model", model, "--steps", "2", "--sampler", "ddim", "--seed", "0"]
     single = reconstruct.main([*common, "--ct", str(folder / "patient_ct.nii.gz"),
+                               "--labels", str(folder / "patient_seg-vert_msk.nii.gz"),
                                "--out", str(tmp_path / "one"), "--no-pc"])
     evaluate.main([*common, "--data", str(folder), "--split", "all", "--batch-size", "1",
+                   "--locate-by", "labels",
                    "--no-lpips", "--fid-net", "none", "--out", str(tmp_path / "eval"),
                    "--no-progress"])
     with open(tmp_path / "eval" / "cases.csv") as f:
@@ -312,7 +329,8 @@ def test_radiograph_rows_read_simulated_files_as_a_user_would(tmp_path):
                        acquisition_range=acq).save_pretrained(rank)
     out = tmp_path / "out"
     evaluate.main(["--model", str(rank), "--phantoms", "1", "--steps", "2", "--sampler", "ddim",
-                   "--xray-style", "radiograph", "--no-lpips", "--fid-net", "none",
+                   "--locate-by", "labels", "--xray-style", "radiograph", "--no-lpips",
+                   "--fid-net", "none",
                    "--out", str(out), "--no-progress"])
     folder = out / "radiographs" / "phantom_90000"
     assert sorted(p.name for p in folder.iterdir()) == ["ap.png", "geometry.json",

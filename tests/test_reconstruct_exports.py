@@ -64,15 +64,17 @@ def test_dicom_meshes_and_report_from_a_ct(tmp_path, model_dir, case, capsys):
     assert data["metrics"]["psnr"] == pytest.approx(saved["psnr"]) == pytest.approx(result["psnr"])
 
 
-def test_dicom_only_and_labels_need_a_ct(tmp_path, model_dir, case):
+def test_dicom_only_and_labels_without_a_mesh(tmp_path, model_dir, case):
     ct_path, labels_path = case
     out = tmp_path / "out"
     reconstruct.main(["--model", str(model_dir), "--ct", str(ct_path), "--out", str(out),
                       "--steps", "1", "--format", "dicom", "--no-pc"])
     assert not (out / "ct.nii.gz").exists() and any((out / "dicom").glob("*.dcm"))
-    with pytest.raises(SystemExit):  # argparse: --labels without --mesh
-        reconstruct.main(["--model", str(model_dir), "--ct", str(ct_path), "--out", str(out),
-                          "--labels", str(labels_path)])
+    # --labels alone locates the spine by the labels; no mesh is asked for, none written
+    reconstruct.main(["--model", str(model_dir), "--ct", str(ct_path), "--out", str(out),
+                      "--labels", str(labels_path), "--steps", "1", "--format", "dicom",
+                      "--no-pc", "--overwrite"])
+    assert not list(out.glob("*.stl")) and any((out / "dicom").glob("*.dcm"))
 
 
 def test_missing_export_library_fails_before_compute(monkeypatch):
