@@ -37,15 +37,23 @@ def record_steps(monkeypatch, module) -> list[tuple[int, int]]:
 
 
 def perturb_checkpoint(checkpoint: Path, delta: float = 1e-2) -> None:
-    """Add ``delta`` to every floating-point weight of the model saved in an Accelerate
-    checkpoint folder (model.safetensors): a run that really resumes from it ends with
-    other weights than one that resumed from the untouched checkpoint."""
-    files = sorted(Path(checkpoint).glob("model*.safetensors"))
-    assert files, f"no model*.safetensors in {checkpoint}: {sorted(Path(checkpoint).iterdir())}"
-    for path in files:
-        state = load_file(str(path))
-        changed = {k: v + delta if v.is_floating_point() else v for k, v in state.items()}
-        save_file({k: v.contiguous() for k, v in changed.items()}, str(path), {"format": "pt"})
+    """Add ``delta`` to every floating-point tensor of a checkpoint's training state
+    (x2ct.train.checkpoint: training_state.safetensors holds the model, its EMA and the
+    optimiser, flattened): a run that really resumes from it ends with other weights than
+    one that resumed from the untouched checkpoint."""
+    from safetensors import safe_open
+
+    path = Path(checkpoint) / "training_state.safetensors"
+    assert path.is_file(), f"no {path.name} in {checkpoint}: {sorted(Path(checkpoint).iterdir())}"
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+    state = load_file(str(path))
+    changed = {k: (v + delta if v.is_floating_point() else v).contiguous()
+               for k, v in state.items()}
+    # re-recorded checksum: a deliberate change, not the corruption resume_latest skips
+    from x2ct.state import _DIGEST_KEY, tensors_digest
+
+    save_file(changed, str(path), {**metadata, _DIGEST_KEY: tensors_digest(changed)})
 
 
 def launch_two_processes(script: list[str], port: int, timeout: float = 600):
