@@ -50,7 +50,8 @@ def test_reconstructs_held_out_phantom(model, phantom):
     with torch.no_grad():
         rec = model.output_to_hu(model.reconstruct(x))[0, 0]
     m = ct_metrics(rec, hu)
-    assert m["psnr"] > 28.0 and m["ssim"] > 0.85, m  # README: held-out mean >= 30 dB, 0.90
+    # models/ae-kl-tiny/README.md: 33.81 +- 1.80 dB, SSIM 0.934 over seeds 90000-90019
+    assert m["psnr"] > 31.0 and m["ssim"] > 0.90, m
 
 
 @pytest.mark.slow
