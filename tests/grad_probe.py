@@ -46,7 +46,7 @@ def _per_sample_diffusion_loss(base):
     import x2ct.diffusion.loss as loss_module
 
     class PerSampleDraws(base):
-        def __call__(self, net, x0, xrays):
+        def __call__(self, net, x0, xrays, **kwargs):  # views, drr: as the loss takes
             t, eps, u = [], [], []
             for row in x0:
                 g = torch.Generator().manual_seed(_seed_of(row))
@@ -63,7 +63,7 @@ def _per_sample_diffusion_loss(base):
             loss_module.torch = proxy
             self.schedule.sample_timesteps = lambda b, generator=None, device=None: t.to(device)
             try:
-                return super().__call__(net, x0, xrays)
+                return super().__call__(net, x0, xrays, **kwargs)
             finally:
                 loss_module.torch = saved_torch
                 self.schedule.sample_timesteps = saved_t

@@ -193,7 +193,8 @@ def test_grad_accum_and_mixed_precision_change_the_step_as_documented(
     grads = tmp_path / "grads"
     grads.mkdir()
     script = install("latent", grads, monkeypatch.setattr)
-    extra = ["--grad-clip", "0", "--projection-samples", "0", "--max-steps", "1", "--n-val", "0"]
+    extra = ["--grad-clip", "0", "--projection-samples", "0", "--max-steps", "1", "--n-val", "0",
+             "--xray-style", "0"]  # radiograph styles are drawn per micro-batch
     runs = {
         "batch4": ["--batch-size", "4"],
         "accum": ["--batch-size", "2", "--grad-accum", "2"],
