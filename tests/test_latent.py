@@ -147,7 +147,8 @@ def test_two_processes_train_one_model_with_the_gradient_of_twice_the_batch(
     enters the projection loss, so that it too is a mean over samples): a sum over ranks
     instead of a mean, or ranks drawing other samples than their half, fails."""
     run, probe = tmp_path / "ddp", tmp_path / "ddp_grads"
-    extra = ["--grad-clip", "0", "--projection-samples", "0"]
+    # radiograph styles are drawn per process and micro-batch: off, so the samples match
+    extra = ["--grad-clip", "0", "--projection-samples", "0", "--xray-style", "0"]
     proc = launch_two_processes(
         [PROBE, "latent", str(probe),
          *train_args(run, autoencoder_dir, *extra, "--max-steps", "3", "--save-every", "2")],
