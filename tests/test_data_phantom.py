@@ -209,8 +209,9 @@ def test_command_line_writes_pairs(tmp_path, capsys):
         "phantom_0006_seg-vert_msk.nii.gz",
     ]
     printed = capsys.readouterr().out.splitlines()
-    assert len(printed) == 2 and printed[1].startswith("phantom_0006:")
+    assert len(printed) == 3 and printed[1].startswith("phantom_0006:")
     assert "phantom_0006_ct.nii.gz" in printed[1]
+    assert printed[2] == f"wrote 2 phantom(s) phantom_0005 .. phantom_0006 in {out}"
     ref = spine_phantom(24, 4.0, seed=6, options=PhantomOptions(metal=False))
     ct = load_ct(out / "phantom_0006_ct.nii.gz")
     msk = load_ct(out / "phantom_0006_seg-vert_msk.nii.gz")
