@@ -62,7 +62,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from x2ct.cli import InputError, run_main
+from x2ct.cli import InputError, key_values, run_main
 from x2ct.clihelp import HelpFormatter
 from x2ct.diffusion.guidance import ProjectionGuidance
 from x2ct.eval.figures import CasePlanes, case_grid, central_planes, save_figure
@@ -343,15 +343,7 @@ def phantom_options(items: Sequence[str]):
         return None
     from x2ct.data import PhantomOptions
 
-    fields = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--phantom-option takes KEY=VALUE, got {item!r}")
-        try:
-            fields[key] = json.loads(value)
-        except json.JSONDecodeError:
-            fields[key] = value
+    fields = key_values(items, "--phantom-option")
     try:
         return PhantomOptions(**fields)
     except TypeError as e:

@@ -44,7 +44,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from tqdm.auto import tqdm
 
 from x2ct.autoencoder import CTAutoencoder
-from x2ct.cli import InputError, run_main
+from x2ct.cli import InputError, key_values, run_main
 from x2ct.clihelp import HelpFormatter
 from x2ct.data import (
     CTFolderDataset,
@@ -279,14 +279,7 @@ def config_overrides(args) -> dict:
         out["geometry_aware"] = False
     if args.projection_weight is not None:
         out["projection_weight"] = args.projection_weight
-    for item in args.set:  # after the switches: an explicit --set wins
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise InputError(f"--set takes KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value  # a bare string, e.g. prediction_type=epsilon
+    out.update(key_values(args.set, "--set"))  # after the switches: an explicit --set wins
     return out
 
 

@@ -14,11 +14,13 @@ bad-input errors too.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable
 
-__all__ = ["EXIT_BAD_INPUT", "InputError", "input_error", "one_line", "run_main"]
+__all__ = ["EXIT_BAD_INPUT", "InputError", "input_error", "key_values", "one_line",
+           "run_main"]
 
 EXIT_BAD_INPUT = 2
 
@@ -28,6 +30,22 @@ _INPUT_ERRORS = (ValueError, OSError, MemoryError)
 class InputError(ValueError):
     """A file or argument the user gave is not usable; the message names it and says what
     was expected."""
+
+
+def key_values(items, flag: str) -> dict:
+    """``KEY=VALUE`` command-line items as a dict, each VALUE read as JSON when it parses
+    (numbers, lists, true) and kept as a bare string otherwise (``prediction_type=epsilon``);
+    later items win. InputError names ``flag`` for an item without ``=``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InputError(f"{flag} takes KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def input_error(exc: BaseException) -> BaseException | None:
