@@ -9,8 +9,8 @@ A checkpoint is a folder RUN/checkpoints/step_XXXXXXX/ holding
     rng_state_<rank>.safetensors    each process's Python, NumPy, torch (and CUDA) RNG states
 
 Nothing in it is ever unpickled: Accelerate's ``save_state``/``load_state`` are not used,
-since ``load_state`` unpickles custom objects, the optimiser and RNG files
-(``torch.load(weights_only=False)``), and a file planted in a run folder would run code.
+since ``load_state`` unpickles custom objects, the optimiser and RNG files (a full,
+code-running load), so a file planted in a run folder would run code there.
 Files this module does not know (a planted ``custom_checkpoint_0.pkl``) are never opened.
 
 ``save_checkpoint`` writes into step_XXXXXXX.tmp and renames it (os.replace), so a killed
