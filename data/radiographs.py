@@ -211,11 +211,10 @@ def prepare_radiographs(
     # A file that declares no view angle (a plain PNG) takes the one of its place: the
     # caller said which file is the AP and which the lateral.
     opened = [read_radiograph(path, geometry_json=geometry_json, pixel_spacing=pixel_spacing,
-                              sid_mm=sid_mm, sod_mm=sod_mm) for path in files]
+                              sid_mm=sid_mm, sod_mm=sod_mm, default_view=angle)
+              for path, angle in zip(files, nominal.angles)]
     for path, r, angle in zip(files, opened, nominal.angles):
-        if r.geometry is None and r.source.get("angle") == "unknown":
-            r = read_radiograph(path, geometry_json=geometry_json, view=angle,
-                                pixel_spacing=pixel_spacing, sid_mm=sid_mm, sod_mm=sod_mm)
+        if r.source.get("angle") == "default_view":
             r.source["angle"] = f"its place among the views ({angle:g} degrees)"
             notes.append(f"{path}: no view angle in the file; taken as {angle:g} degrees from "
                          "its place (AP first, lateral second)")

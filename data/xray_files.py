@@ -420,6 +420,7 @@ def read_radiograph(
     pixel_spacing: tuple[float, float] | None = None,
     sid_mm: float | None = None,
     sod_mm: float | None = None,
+    default_view=None,
 ) -> RadiographFile:
     """Read a radiograph (PNG 8/16-bit, TIFF, DICOM with pydicom, .npy) in x2ct's
     conventions (see the module docstring).
@@ -427,7 +428,8 @@ def read_radiograph(
     Values come, in order of precedence, from the flags (``view``: a name or an angle in
     degrees, ``pixel_spacing`` (dv, du) mm at the detector, ``sid_mm``, ``sod_mm``), from
     ``geometry_json`` (or a ``geometry.json`` beside the file that lists it), from DICOM
-    tags, and from defaults; ``source`` records which.
+    tags, and from defaults; ``source`` records which. ``default_view`` is the angle taken
+    when nothing gives one (``source["angle"]`` is then ``"default_view"``).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -498,6 +500,8 @@ def read_radiograph(
         spacing = _dicom_spacing(ds, sid, sod, source)
     if view is not None:
         angle, source["angle"] = view_angle(view), "flag"
+    if angle is None and default_view is not None:
+        angle, source["angle"] = view_angle(default_view), "default_view"
     if pixel_spacing is not None:
         spacing, source["pixel_spacing"] = tuple(float(s) for s in pixel_spacing), "flag"
     if sid_mm is not None:
