@@ -52,6 +52,11 @@ class AutoencoderConfig:
     tile_threshold: int = 96**3  # voxels
     tile_size: int = 64  # voxels per side of an image-space tile (multiple of divisibility)
     tile_overlap: float = 0.25  # fraction of a tile shared with its neighbour
+    # Activation checkpointing (KL only: MONAI AutoencoderKL's use_checkpoint): the encoder
+    # and decoder keep only their inputs in the forward pass and recompute the rest in the
+    # backward pass. Saves memory in training and in the projection loss's decoding, costs
+    # about one more forward pass; no effect without gradients.
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         # JSON gives lists; keep tuples so configs compare equal after a round trip.
@@ -78,6 +83,10 @@ class AutoencoderConfig:
                     f"attention_levels {self.attention_levels} needs one entry per level "
                     f"of channels {self.channels}"
                 )
+        if self.gradient_checkpointing and self.kind != "kl":
+            raise ValueError(
+                "gradient_checkpointing needs kind 'kl' (MONAI's VQVAE offers none)"
+            )
         if self.num_embeddings < 2:
             raise ValueError(f"num_embeddings must be >= 2, got {self.num_embeddings}")
         if self.downsample_factor != self.divisibility:
@@ -170,9 +179,16 @@ def _vq(channels, latent_channels, num_res_blocks, num_embeddings, **kw) -> Auto
 
 
 # Named sizes: "tiny" trains on a CPU in about an hour, "base" is meant for a GPU.
+# "kl-base-1mm" is the clinical-resolution recipe: a 128^3 field of 1 mm voxels (128 mm,
+# three to four lumbar vertebrae) -> an 8 x 32^3 latent. Fully convolutional (no
+# attention), so crops, tiles and whole fields see the same network; checkpointed; a
+# 128^3 field is decoded in one pass, larger CTs in 128^3 tiles.
 AUTOENCODER_CONFIGS: dict[str, Any] = {
     "kl-tiny": lambda: _kl((16, 32, 64), 8, 1, 8),
     "kl-base": lambda: _kl((64, 128, 256), 8, 2, 32, with_nonlocal_attn=True),
+    "kl-base-1mm": lambda: _kl((32, 64, 128), 8, 2, 16, spacing=(1.0, 1.0, 1.0),
+                               gradient_checkpointing=True, tile_size=128,
+                               tile_threshold=128**3),
     "vq-tiny": lambda: _vq((32, 64), 8, 1, 256),
     "vq-base": lambda: _vq((128, 256), 8, 2, 1024),
 }

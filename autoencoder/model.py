@@ -48,6 +48,7 @@ def build_network(config: AutoencoderConfig) -> nn.Module:
             norm_num_groups=config.norm_num_groups,
             with_encoder_nonlocal_attn=config.with_nonlocal_attn,
             with_decoder_nonlocal_attn=config.with_nonlocal_attn,
+            use_checkpoint=config.gradient_checkpointing,
         )
     n = len(config.channels)
     return VQVAE(

@@ -62,6 +62,9 @@ class LatentDiffusionConfig:
     num_res_blocks: int = 1  # residual blocks per level
     num_head_channels: int = 16  # channels per attention head (heads = channels / this)
     norm_num_groups: int = 16  # GroupNorm groups; divides every channel count
+    # activation checkpointing of the UNet's blocks in training (diffusion/checkpointing.py):
+    # activations recomputed in the backward pass instead of kept; no effect at inference
+    gradient_checkpointing: bool = False
     # --- X-ray encoder: a 2-D network shared by both views
     encoder_channels: tuple[int, ...] = (16, 32, 64)  # one stride-2 stage per entry
     token_grid: int = 8  # each view becomes token_grid^2 tokens
@@ -332,12 +335,16 @@ class LatentDiffusionConfig:
 
 
 # Named sizes. "tiny": 3.6 M parameters, about 0.75 s per batch of 8 at 16^3 latents on a
-# 2-core CPU; "base" for a GPU.
+# 2-core CPU (64^3 CT at 2 mm, 64 x 64 X-rays). "base": the clinical-resolution recipe,
+# sized for the 8 x 32^3 latent of a 128^3 field at 1 mm ("kl-base-1mm") and 128^2 or
+# 256^2 X-rays: four UNet levels (32, 16, 8, 4 latent voxels), attention (self and cross)
+# at the two coarsest (512 and 64 tokens: no 32^3 or 16^3 attention matrix), a 16 x 16
+# token grid per view, blocks checkpointed in training.
 LATENT_DIFFUSION_CONFIGS: dict[str, Any] = {
     "tiny": lambda: LatentDiffusionConfig(),
     "base": lambda: LatentDiffusionConfig(
-        unet_channels=(64, 128, 256),
-        attention_levels=(False, True, True),
+        unet_channels=(64, 128, 256, 256),
+        attention_levels=(False, False, True, True),
         num_res_blocks=2,
         num_head_channels=32,
         norm_num_groups=32,
@@ -345,6 +352,7 @@ LATENT_DIFFUSION_CONFIGS: dict[str, Any] = {
         token_grid=16,
         context_dim=256,
         backproject_channels=16,
+        gradient_checkpointing=True,
     ),
 }
 

@@ -5,7 +5,9 @@
 Input channels are the latent's plus, with geometry-aware conditioning, the back-projected
 feature channels of every view; the output has the latent's channels and means what the
 config's ``prediction_type`` says (v, epsilon or x0). Attention runs through
-x2ct.diffusion.attention (SDPA, or xformers on CUDA when installed).
+x2ct.diffusion.attention (SDPA, or xformers on CUDA when installed). With the config's
+``gradient_checkpointing`` its blocks recompute their activations in the backward pass
+(x2ct.diffusion.checkpointing).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 from monai.networks.nets import DiffusionModelUNet
 
 from x2ct.diffusion.attention import enable_xformers
+from x2ct.diffusion.checkpointing import checkpoint_blocks
 from x2ct.diffusion.config import LatentDiffusionConfig
 
 __all__ = ["build_unet"]
@@ -33,4 +36,6 @@ def build_unet(config: LatentDiffusionConfig) -> DiffusionModelUNet:
         use_flash_attention=True,  # PyTorch SDPA inside MONAI's attention blocks
     )
     enable_xformers(unet)  # route attention through the one predicate (and log which ran)
+    if config.gradient_checkpointing:
+        checkpoint_blocks(unet)
     return unet

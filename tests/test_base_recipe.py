@@ -1,0 +1,176 @@
+"""The 1 mm "base" recipe: its configs, activation checkpointing (same numbers, less kept),
+the memory-mapped latent cache and two training steps of the base networks on the CPU."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from latent_helpers import TINY, tiny_config
+
+from x2ct.autoencoder import AutoencoderConfig, CTAutoencoder
+from x2ct.autoencoder import get_config as get_ae_config
+from x2ct.data import default_geometry
+from x2ct.diffusion import LatentDenoiser, get_config
+from x2ct.diffusion.checkpointing import is_checkpointed
+
+# --------------------------------------------------------------------------- configs
+
+
+def base_1mm_config(detector: int = 128):
+    """The base denoiser for a 128^3 field at 1 mm (the kl-base-1mm latent)."""
+    ae = get_ae_config("kl-base-1mm")
+    shape = (128, 128, 128)
+    return get_config(
+        "base", latent_channels=ae.latent_channels,
+        latent_size=tuple(n // ae.downsample_factor for n in shape), ct_spacing=ae.spacing,
+        downsample_factor=ae.downsample_factor,
+        geometry=default_geometry(shape, ae.spacing, (detector, detector)).to_dict(),
+    )
+
+
+def test_kl_base_1mm_is_a_1mm_field_of_128_voxels_with_a_32_cubed_latent():
+    ae = get_ae_config("kl-base-1mm")
+    assert ae.spacing == (1.0, 1.0, 1.0) and ae.kind == "kl"
+    assert ae.downsample_factor == 4 and ae.gradient_checkpointing
+    assert not any(ae.attention_levels) and not ae.with_nonlocal_attn  # crops == fields
+    # a 128^3 field is decoded whole; a larger CT in tiles
+    assert ae.tile_threshold == 128**3 and ae.tile_size == 128
+    assert AutoencoderConfig.from_json(ae.to_json()) == ae
+    net = CTAutoencoder(ae).net
+    assert net.use_checkpoint  # MONAI's own checkpointing is what the flag turns on
+
+
+@pytest.mark.parametrize("detector", [128, 256])
+def test_base_config_fits_the_1mm_latent_and_both_detectors(detector):
+    c = base_1mm_config(detector)
+    assert c.latent_size == (32, 32, 32) and c.ct_shape == (128, 128, 128)
+    assert c.latent_spacing == (4.0, 4.0, 4.0)
+    assert c.xray_shape == (detector, detector)
+    # attention only where the latent is 8^3 and 4^3: no 32^3 or 16^3 attention matrix
+    sizes = [32 // 2**i for i in range(len(c.unet_channels))]
+    assert [s for s, a in zip(sizes, c.attention_levels) if a] == [8, 4]
+    assert c.gradient_checkpointing
+    assert type(c).from_json(c.to_json()) == c
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(kind="vq", channels=(32, 64), gradient_checkpointing=True),  # MONAI VQVAE: none
+        dict(spacing=(1.0, 1.0, 0.01)),  # below the smallest voxel accepted
+    ],
+)
+def test_bad_1mm_autoencoder_configs_raise(bad):
+    with pytest.raises(ValueError):
+        get_ae_config("kl-base-1mm", **bad)
+
+
+def test_base_config_refuses_a_latent_its_four_levels_cannot_halve():
+    with pytest.raises(ValueError, match="divisible by 2\\^3"):
+        base_1mm_config().replace(latent_size=(36, 36, 36))
+    with pytest.raises(ValueError):  # a bool field given a string (config.json typo)
+        type(base_1mm_config()).from_dict({**base_1mm_config().to_dict(),
+                                           "gradient_checkpointing": "yes"})
+
+
+# --------------------------------------------------------------------------- checkpointing
+
+
+def _count_calls(modules) -> list[int]:
+    calls = [0]
+
+    def hook(*_):
+        calls[0] += 1
+
+    for m in modules:
+        m.register_forward_hook(hook)
+    return calls
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+def test_unet_checkpointing_gives_the_same_loss_and_gradients_and_recomputes():
+    """The checkpointed denoiser (same weights) has the same output and gradients as the
+    plain one (the oracle), the same parameter names, and its blocks' inner modules run
+    again in the backward pass (that is what checkpointing is)."""
+    torch.manual_seed(0)
+    plain = LatentDenoiser(tiny_config()).train()
+    with torch.no_grad():  # MONAI zero-initialises output convolutions: make them count
+        for p in plain.parameters():
+            if p.ndim > 1 and not p.any():
+                p.normal_(0.0, 0.1)
+    ckpt = LatentDenoiser(tiny_config(gradient_checkpointing=True)).train()
+    ckpt.load_state_dict(plain.state_dict())
+    assert list(ckpt.state_dict()) == list(plain.state_dict())
+    blocks = [*ckpt.unet.down_blocks, ckpt.unet.middle_block, *ckpt.unet.up_blocks]
+    assert all(is_checkpointed(b) for b in blocks)
+    assert not any(is_checkpointed(b) for b in plain.unet.down_blocks)
+
+    g = torch.Generator().manual_seed(1)
+    c = plain.config
+    x = torch.randn(2, c.latent_channels, *c.latent_size, generator=g)
+    xr = torch.rand(2, c.num_views, *c.xray_shape, generator=g)
+    t = torch.tensor([10, 500])
+    inner = [m for b in blocks for m in b.modules() if type(m).__name__.endswith("ResnetBlock")]
+    assert len(inner) >= len(blocks)
+    calls = _count_calls(inner)
+    outs = []
+    for model in (plain, ckpt):
+        before = calls[0]
+        out = model(x, t, xr)
+        model(x, t, xr).square().mean().backward()
+        outs.append((out.detach(), _grads(model), calls[0] - before))
+    (o1, g1, _), (o2, g2, n2) = outs
+    torch.testing.assert_close(o2, o1, rtol=0, atol=0)
+    assert g1.keys() == g2.keys() and len(g1) > 0
+    for k in g1:
+        torch.testing.assert_close(g2[k], g1[k], rtol=1e-5, atol=1e-6, msg=k)
+    # two forward passes, then the backward pass recomputes (non-reentrant checkpointing
+    # stops a block's recompute early once what the backward pass needs is back)
+    assert 2 * len(inner) + len(blocks) // 2 <= n2 <= 3 * len(inner)
+    # at inference (no gradients) nothing is recomputed, and the output is the same
+    ckpt.eval()
+    before = calls[0]
+    with torch.no_grad():
+        torch.testing.assert_close(ckpt(x, t, xr), plain.eval()(x, t, xr), rtol=0, atol=0)
+    assert calls[0] - before == len(inner)
+
+
+def test_checkpointed_denoiser_survives_a_deepcopy_and_a_state_dict_round_trip():
+    """EMA deep-copies the model; the copy keeps checkpointing and loads the plain
+    model's weights."""
+    model = LatentDenoiser(tiny_config(gradient_checkpointing=True))
+    twin = copy.deepcopy(model)
+    assert all(is_checkpointed(b) for b in twin.unet.up_blocks)
+    twin.load_state_dict(LatentDenoiser(tiny_config()).state_dict())
+
+
+def test_autoencoder_checkpointing_gives_the_same_gradients_and_recomputes():
+    cfg = AutoencoderConfig(kind="kl", channels=(4, 8, 8), latent_channels=4,
+                            norm_num_groups=4, attention_levels=(False,) * 3)
+    torch.manual_seed(0)
+    plain = CTAutoencoder(cfg).train()
+    ckpt = CTAutoencoder(cfg.replace(gradient_checkpointing=True)).train()
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.rand(1, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    calls = _count_calls([ckpt.net.decoder.blocks[0]])  # the decoder's first layer
+    results = []
+    for model in (plain, ckpt):
+        out = model.net.decode(model.net.encode(x)[0])
+        out.square().mean().backward()
+        results.append((out.detach(), _grads(model)))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=0)
+    for k, v in results[0][1].items():
+        torch.testing.assert_close(results[1][1][k], v, rtol=1e-5, atol=1e-6, msg=k)
+    assert calls[0] == 2  # the decoder ran again in the backward pass
+
+
+def test_tiny_helpers_are_not_checkpointed():
+    """The tiny configs keep the plain path (checkpointing is the base recipe's)."""
+    assert "gradient_checkpointing" not in TINY
+    assert not get_config("tiny").gradient_checkpointing
+    assert not get_ae_config("kl-tiny").gradient_checkpointing
