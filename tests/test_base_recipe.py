@@ -174,3 +174,67 @@ def test_tiny_helpers_are_not_checkpointed():
     assert "gradient_checkpointing" not in TINY
     assert not get_config("tiny").gradient_checkpointing
     assert not get_ae_config("kl-tiny").gradient_checkpointing
+
+
+# --------------------------------------------------------------------------- latent cache
+
+
+def _rss_anon_mb() -> float:
+    """This process's anonymous resident memory (not file pages mapped from disk)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    pytest.skip("needs Linux /proc/self/status")
+
+
+def test_latent_cache_is_memory_mapped_and_still_checked(tmp_path):
+    """A 128 MB cache is read back without copying it into the process's memory (its
+    pages are the file's), its values are the ones written, and its checks still hold."""
+    from accelerate import Accelerator
+
+    from x2ct.train.cache import load_latent_cache
+
+    accelerator = Accelerator(cpu=True)
+    path = tmp_path / "latent_cache.safetensors"
+    n, size_mb = 64, 128
+    per_case = size_mb * 2**20 // 4 // n
+    expected = {}
+
+    def build():
+        g = torch.Generator().manual_seed(0)
+        out = {"latents": torch.randn(n, per_case, generator=g),
+               "views": torch.randn(n, 2, 15, generator=g, dtype=torch.float64)}
+        expected.update({k: v[[3, 40]].clone() for k, v in out.items()})
+        return out
+
+    load_latent_cache(accelerator, path, "k", build)  # builds and writes it
+    before = _rss_anon_mb()
+    cache = load_latent_cache(accelerator, path, "k", build)  # checks and maps it
+    batch = {k: v[[3, 40]] for k, v in cache.items()}  # what a training step reads
+    grown = _rss_anon_mb() - before
+    assert grown < size_mb / 4, f"{grown:.0f} MB of a {size_mb} MB cache copied into memory"
+    for k, v in expected.items():
+        torch.testing.assert_close(batch[k], v, rtol=0, atol=0)
+    del cache, batch
+    # a NaN deep in the file is still found (the checksum; the finite check streams)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 4] = bytes.fromhex("0000c07f")  # float32 NaN
+    path.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="rebuilding the latent cache"):
+        load_latent_cache(accelerator, path, "k", build)
+
+
+@pytest.mark.parametrize("where", [None, 0, 517, 1023])
+def test_all_finite_in_chunks_agrees_with_torch(where):
+    from x2ct.train.cache import all_finite
+
+    t = torch.randn(1024, 3, 5)
+    if where is not None:
+        t[where, 1, 2] = float("nan") if where % 2 else float("inf")
+    assert all_finite(t, chunk_bytes=200) == bool(torch.isfinite(t).all())
+    assert all_finite(torch.arange(5)) and all_finite(torch.tensor(1.0))
+    assert not all_finite(torch.tensor(float("nan")))

@@ -117,7 +117,8 @@ def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
     for name in sorted(tensors):
         t = tensors[name].detach().to("cpu").contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():  # the bytes in place (a memory-mapped tensor is streamed, not copied)
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
 
 
@@ -144,7 +145,11 @@ def read_safetensors(
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) of a safetensors file. Every failure is a ValueError (or
     FileNotFoundError) naming the file: unreadable, truncated, or (``verify``, when the
-    file records one) tensors that do not match their recorded digest."""
+    file records one) tensors that do not match their recorded digest.
+
+    On the CPU the tensors are memory-mapped from the file, copy-on-write
+    (``safe_open``): pages are read when touched and stay in the page cache, not in the
+    process's own memory, so a file larger than RAM can be read and indexed."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
