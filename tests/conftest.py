@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 import torch
 
 # Without CUDA, Triton kernels can only run through the Triton interpreter. Triton reads
@@ -17,3 +18,14 @@ if "X2CT_CACHE_DIR" not in os.environ:
     import tempfile
 
     os.environ["X2CT_CACHE_DIR"] = tempfile.mkdtemp(prefix="x2ct-test-cache-")
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """Accelerate keeps one process state per interpreter and refuses another mixed
+    precision once it is set: reset it around a test that changes it."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)

@@ -4,10 +4,12 @@ the memory-mapped latent cache and two training steps of the base networks on th
 from __future__ import annotations
 
 import copy
+import json
+import math
 
 import pytest
 import torch
-from latent_helpers import TINY, tiny_config
+from latent_helpers import TINY, one_thread, tiny_config  # noqa: F401 (one_thread: autouse)
 
 from x2ct.autoencoder import AutoencoderConfig, CTAutoencoder
 from x2ct.autoencoder import get_config as get_ae_config
@@ -238,3 +240,83 @@ def test_all_finite_in_chunks_agrees_with_torch(where):
     assert all_finite(t, chunk_bytes=200) == bool(torch.isfinite(t).all())
     assert all_finite(torch.arange(5)) and all_finite(torch.tensor(1.0))
     assert not all_finite(torch.tensor(float("nan")))
+
+
+# --------------------------------------------------------------------------- training
+
+
+@pytest.fixture(scope="module")
+def base_autoencoder_dir(tmp_path_factory):
+    """A random kl-base-1mm autoencoder (its networks and checkpointing) on a coarse grid:
+    8 mm voxels make a 32^3 field of phantoms quick to build; the networks do not change
+    with the spacing."""
+    torch.manual_seed(0)
+    ae = CTAutoencoder(get_ae_config("kl-base-1mm", spacing=(8.0, 8.0, 8.0)))
+    return ae.save_pretrained(tmp_path_factory.mktemp("ae") / "kl-base")
+
+
+def base_args(run_dir, autoencoder_dir, *extra: str) -> list[str]:
+    """train/latent.py with the base networks on a 32^3 field (8^3 latents: the four UNet
+    levels are 8, 4, 2, 1), two phantoms, 32 x 32 X-rays."""
+    return ["--config", "base", "--autoencoder", str(autoencoder_dir), "--run-dir",
+            str(run_dir), "--shape", "32", "32", "32", "--n-train", "2", "--placements", "1",
+            "--log-every", "1", "--no-tensorboard", "--max-minutes", "0", "--val-steps", "2",
+            "--xray-style", "0", *extra]
+
+
+def test_base_config_trains_two_steps_with_checkpointing_and_accumulation(
+    tmp_path, base_autoencoder_dir, fresh_accelerator_state
+):
+    """Two optimiser steps of the base networks (batch 1, two accumulated micro-batches,
+    the projection loss through the checkpointed decoder, a --detector of its own),
+    validation and the saved pipeline, which reconstructs at its grid."""
+    from x2ct.diffusion import Reconstructor
+    from x2ct.train.latent import main
+
+    run = tmp_path / "base"
+    main(base_args(run, base_autoencoder_dir, "--max-steps", "2", "--batch-size", "1",
+                   "--grad-accum", "2", "--n-val", "1", "--detector", "48", "64"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["step"] == 2 and metrics["config"] == "base"
+    assert all(map(math.isfinite, metrics["val"].values()))
+    recon = Reconstructor.from_pretrained(run / "model")
+    base = get_config("base")
+    assert recon.config.unet_channels == base.unet_channels
+    assert recon.config.gradient_checkpointing and recon.autoencoder.config.gradient_checkpointing
+    assert recon.config.latent_size == (8, 8, 8) and recon.config.xray_shape == (48, 64)
+    assert all(is_checkpointed(b) for b in recon.denoiser.unet.down_blocks)
+    with torch.no_grad():
+        out = recon(torch.rand(1, 2, 48, 64), steps=2, projection_guidance=False)
+    assert out.hu.shape == (1, 1, 32, 32, 32) and bool(torch.isfinite(out.hu).all())
+
+
+@pytest.mark.slow
+def test_base_step_with_checkpointing_and_accumulation_has_the_plain_gradient(
+    tmp_path, base_autoencoder_dir, monkeypatch, fresh_accelerator_state
+):
+    """The base networks step with the same gradient at batch 2 without checkpointing
+    (the oracle) as at batch 1 with checkpointing and two accumulated micro-batches
+    (tests/grad_probe.py: per-sample noise, the gradient the optimiser sees)."""
+    from accelerate.state import AcceleratorState
+    from grad_probe import install
+    from safetensors.torch import load_file
+
+    grads = tmp_path / "grads"
+    grads.mkdir()
+    script = install("latent", grads, monkeypatch.setattr)
+    extra = ["--grad-clip", "0", "--projection-samples", "0", "--max-steps", "1",
+             "--n-val", "0"]
+    runs = {"plain": ["--batch-size", "2", "--set", "gradient_checkpointing=false"],
+            "checkpointed": ["--batch-size", "1", "--grad-accum", "2"]}
+    got = {}
+    for name, flags in runs.items():
+        AcceleratorState._reset_state(reset_partial_state=True)
+        script.main(base_args(tmp_path / name, base_autoencoder_dir, *extra, *flags))
+        got[name] = load_file(str((grads / "grad_rank0.safetensors").rename(grads / name)))
+    ref = got["plain"]
+    assert len(ref) == len(got["checkpointed"]) > 100
+    scale = max(float(g.abs().max()) for g in ref.values())
+    assert scale > 0
+    for k, g in ref.items():
+        torch.testing.assert_close(got["checkpointed"][k], g, rtol=1e-3, atol=1e-5 * scale,
+                                   msg=k)

@@ -170,17 +170,6 @@ def test_two_processes_train_one_model_with_the_gradient_of_twice_the_batch(
     assert_same_gradients(probe, one)
 
 
-@pytest.fixture
-def fresh_accelerator_state():
-    """Accelerate keeps one process state per interpreter and refuses another mixed
-    precision once it is set: reset it around a test that changes it."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
 def test_grad_accum_and_mixed_precision_change_the_step_as_documented(
     tmp_path, autoencoder_dir, monkeypatch, fresh_accelerator_state
 ):

@@ -2,7 +2,9 @@
 
     accelerate launch train/latent.py                       # the default: minutes on a CPU
     accelerate launch train/latent.py --run-dir runs/ldm --n-train 256 --max-minutes 120
-    python train/latent.py --config base --batch-size 16 --max-steps 50000 --mixed-precision bf16
+    # the 1 mm base recipe (README "Clinical resolution"): a 128^3 field, 256^2 X-rays
+    accelerate launch train/latent.py --config base --autoencoder models/ae-kl-base-1mm \
+        --shape 128 128 128 --detector 256 256 --batch-size 4 --mixed-precision bf16
 
 ``--objective regression`` trains the deterministic baseline instead: the same X-ray
 encoder, conditioning and UNet predict the latent in one pass (diffusion/regression.py);
@@ -111,7 +113,7 @@ RESUMABLE = {
 }
 # Flags added after runs were started: a run folder whose args.json lacks one ran with
 # this value, so resuming it with today's default is the same run.
-ADDED_FLAGS = {"objective": "diffusion"}
+ADDED_FLAGS = {"objective": "diffusion", "detector": None}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -180,6 +182,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         "when present, locate the spine",
     )
     p.add_argument("--shape", type=int, nargs=3, default=(64, 64, 64), help="field voxels")
+    p.add_argument(
+        "--detector",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="detector pixels of the model's X-rays (default: the field's, Z x max(X, Y); "
+        "e.g. 256 256 for a 128^3 field at 1 mm)",
+    )
     p.add_argument(
         "--regions",
         nargs="+",
@@ -254,6 +265,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "same settings starts training at once)",
     )
     args = p.parse_args(argv)
+    if args.detector is not None and min(args.detector) < 1:
+        p.error(f"--detector H W must be positive, got {args.detector}")
     if args.n_train < 0 or args.n_val < 0 or args.placements < 1:
         p.error("--n-train and --n-val must be >= 0 and --placements >= 1")
     if args.n_train == 0 and not args.data:
@@ -464,7 +477,7 @@ def main(argv=None) -> Path:
 
     # ---- data: whole-body phantoms (and CT folders) at the autoencoder's spacing, fields
     # placed at random, X-rays through the whole body along random acquisitions
-    geometry = default_geometry(args.shape, ae_config.spacing)
+    geometry = default_geometry(args.shape, ae_config.spacing, args.detector)
     train_sets = training_sets(args, geometry, ae_config.spacing, ae_config.hu_window)
     train_set = ConcatDataset(train_sets)
     val_set = PhantomDataset(
@@ -476,12 +489,16 @@ def main(argv=None) -> Path:
         json.dumps(
             {
                 "autoencoder": weights_checksum(autoencoder),
-                "ae_config": ae_config.to_dict(),
+                # checkpointing changes memory, not latents: caches keep their key
+                "ae_config": {k: v for k, v in ae_config.to_dict().items()
+                              if k != "gradient_checkpointing"},
                 "ids": [i for d in train_sets for i in d.ids],
                 "data": [str(a) for a in args.data],
                 "settings": [args.regions, args.placements, list(args.placement),
                              list(args.sad_range), list(args.magnification_range),
-                             args.angle_jitter, list(args.shape), args.xray_style > 0],
+                             args.angle_jitter, list(args.shape), args.xray_style > 0]
+                # (a detector given: caches made before the flag keep their key)
+                + ([list(args.detector)] if args.detector is not None else []),
                 "cases": case_code_version(),
                 "cache_format": 3,  # 3: whole-body cases with views
             },
