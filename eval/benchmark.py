@@ -3,10 +3,13 @@
     python eval/benchmark.py projector [--size 128 [256 ...]] [--detector 128]
                                        [--device cpu|cuda] [--dtypes float32 bfloat16]
     python eval/benchmark.py reconstruct [--model DIR | --config tiny --ae-config kl-tiny
-                                         --shape 64] [--samplers ddim ddpm rflow]
+                                         --shape 64 [--detector 64]] [--samplers ddim ddpm rflow]
                                          [--steps 10 25 50] [--batch-sizes 1 2 4]
+                                         [--precision fp32|bf16]
     python eval/benchmark.py train [--model DIR | --config ... --shape 64]
                                    [--stages autoencoder latent] [--batch-sizes 1 2]
+                                   [--crop 64] [--precision fp32|bf16] [--accelerate]
+    # the 1 mm base recipe: --config base --ae-config kl-base-1mm --shape 128
 
 Each prints a markdown table, writes JSON with ``--json PATH`` and draws seconds and peak
 memory against size (projector), sampler steps (reconstruct) or batch size (train) with
@@ -25,7 +28,7 @@ import torch
 
 from x2ct.cli import InputError, run_main
 from x2ct.clihelp import HelpFormatter
-from x2ct.eval.memory import device_name, memory_note
+from x2ct.eval.memory import PRECISIONS, device_name, memory_note
 from x2ct.eval.projector_benchmark import (
     describe_setting,
     markdown_table,
@@ -89,11 +92,12 @@ def projector(args) -> int:
 
 
 # --------------------------------------------------------------------------- pipelines
-def _pipeline(args):
+def _pipeline(args, device: str | None = None):
     """The Reconstructor to time: a saved one (--model) or a random one of named sizes."""
     from x2ct.eval.reconstruct_benchmark import build_pipeline
 
-    _check_device(args.device)
+    device = args.device if device is None else device
+    _check_device(device)
     if args.model is not None:
         from x2ct.diffusion import Reconstructor
         from x2ct.diffusion.pipeline import check_pipeline_dir
@@ -102,18 +106,20 @@ def _pipeline(args):
             check_pipeline_dir(args.model)
         except FileNotFoundError as e:
             raise InputError(str(e)) from e
-        recon = Reconstructor.from_pretrained(args.model, device=args.device)
+        recon = Reconstructor.from_pretrained(args.model, device=device)
         described = f"model {args.model}"
     else:
         try:
+            detector = None if args.detector is None else (args.detector,) * 2
             recon = build_pipeline(args.config, args.ae_config, (args.shape,) * 3,
-                                   seed=args.seed).to(args.device)
+                                   seed=args.seed, detector=detector).to(device)
         except ValueError as e:
             raise InputError(str(e)) from e
         described = f"random '{args.config}' denoiser + '{args.ae_config}' autoencoder"
     n_params = sum(p.numel() for p in recon.denoiser.parameters())
     n_ae = sum(p.numel() for p in recon.autoencoder.parameters())
-    setting = {"model": args.model, "config": None if args.model else args.config,
+    setting = {"precision": args.precision,
+               "model": args.model, "config": None if args.model else args.config,
                "ae_config": None if args.model else args.ae_config,
                "ct_shape": list(recon.shape), "spacing": list(recon.spacing),
                "latent_size": list(recon.config.latent_size),
@@ -135,6 +141,10 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="tiny", choices=list(LATENT_DIFFUSION_CONFIGS))
     p.add_argument("--ae-config", default="kl-tiny", choices=list(AUTOENCODER_CONFIGS))
     p.add_argument("--shape", type=int, default=64, help="CT size N (N^3 voxels), random model")
+    p.add_argument("--detector", type=int, default=None,
+                   help="detector D (D^2 pixels), random model (default: the field's)")
+    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                   help="fp32, or autocast to bf16/fp16 (the weights stay float32)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="also write the results as JSON")
@@ -142,14 +152,15 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
 
 
 def _report_pipeline(args, name: str, cases, table_md: str, setting: dict, series_of,
-                     xlabel: str, plot_title: str) -> int:
+                     xlabel: str, plot_title: str, device: str | None = None) -> int:
     """Print the markdown table; with --json and --plot write the cases (as benchmark
     ``name``) and their plot. ``series_of(case)`` -> (series name, (x, seconds, peak MB))."""
+    device = str(args.device if device is None else device)
     print(table_md)
     if args.json:
         _write_json(args.json, {
-            "benchmark": name, "machine": machine(args.device), "device": args.device,
-            "torch": torch.__version__, "memory": memory_note(args.device), **setting,
+            "benchmark": name, "machine": machine(device), "device": device,
+            "torch": torch.__version__, "memory": memory_note(device), **setting,
             "cases": [c.row() for c in cases],
         })
     if args.plot:
@@ -169,7 +180,8 @@ def reconstruct(args) -> int:
     recon, described, setting = _pipeline(args)
     with torch.no_grad():
         cases = run_reconstruct_benchmark(recon, args.samplers, args.steps, args.batch_sizes,
-                                          args.guidance, args.num_samples, args.reps, args.seed)
+                                          args.guidance, args.num_samples, args.reps, args.seed,
+                                          args.precision)
     title = (f"Reconstruction on {machine(args.device)}, {described}; seconds per volume "
              f"(median of {args.reps}), {memory_note(args.device)}")
     return _report_pipeline(
@@ -183,14 +195,33 @@ def train(args) -> int:
     from x2ct.eval.train_benchmark import markdown_table as table
     from x2ct.eval.train_benchmark import run_train_benchmark
 
-    recon, described, setting = _pipeline(args)
-    cases = run_train_benchmark(recon, args.batch_sizes, args.stages, None, args.reps, args.seed)
-    title = (f"Training steps on {machine(args.device)}, {described}; median of {args.reps} "
-             f"steps, {memory_note(args.device)}")
+    accelerator = None
+    device = args.device
+    if args.accelerate:  # as the training scripts run: prepared, its autocast and backward
+        from accelerate import Accelerator
+
+        mixed = {"fp32": "no"}.get(args.precision, args.precision)
+        accelerator = Accelerator(mixed_precision=mixed, cpu=torch.device(device).type == "cpu")
+        device = accelerator.device
+    recon, described, setting = _pipeline(args, str(device))
+    try:
+        cases = run_train_benchmark(recon, args.batch_sizes, args.stages, args.projections,
+                                    args.reps, args.seed, args.precision, args.crop,
+                                    args.projection_samples, accelerator)
+    except ValueError as e:
+        raise InputError(str(e)) from e
+    if accelerator is not None and not accelerator.is_main_process:
+        return 0
+    if accelerator is not None:
+        described += f", {accelerator.num_processes} process(es) through Accelerate"
+    setting.update(crop=args.crop, projection_samples=args.projection_samples,
+                   accelerate=args.accelerate)
+    title = (f"Training steps on {machine(device)}, {described}; median of {args.reps} "
+             f"steps, {memory_note(device)}")
     return _report_pipeline(
         args, "train", cases, table(cases, title), setting,
         lambda c: (f"{c.stage}, projection {c.projection}", (c.batch, c.step_s, c.peak_mb)),
-        "batch size", f"One training step, {machine(args.device)}")
+        "batch size", f"One training step, {machine(device)}", device)
 
 
 # --------------------------------------------------------------------------- command line
@@ -234,6 +265,17 @@ def main(argv=None) -> int:
     t.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
     t.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
     t.add_argument("--reps", type=int, default=3)
+    t.add_argument("--crop", type=int, default=None,
+                   help="autoencoder stage on crop^3 volumes (train/autoencoder.py --crop); "
+                   "default the whole field")
+    t.add_argument("--projections", nargs="+", default=None, choices=["off", "torch", "triton"],
+                   help="projection-loss variants (default: off, torch, and triton on CUDA)")
+    t.add_argument("--projection-samples", type=int, default=1,
+                   help="samples per batch rendered for the latent stage's projection loss "
+                   "(train/latent.py's default 1; 0: all)")
+    t.add_argument("--accelerate", action="store_true",
+                   help="step through an accelerate.Accelerator (run under `accelerate launch "
+                   "--num_processes N` for data parallelism)")
     t.set_defaults(fn=train)
     args = parser.parse_args(argv)
     return args.fn(args)

@@ -1,4 +1,5 @@
-"""Peak memory and wall time of a block of code, on CUDA or the CPU (for the benchmarks).
+"""Peak memory and wall time of a block of code, on CUDA or the CPU, and the precision
+(autocast) a block runs at: what the benchmarks measure with.
 
     with PeakMemory(device) as mem:
         run()
@@ -20,7 +21,10 @@ import time
 
 import torch
 
-__all__ = ["PeakMemory", "PeakRSS", "device_name", "memory_note", "peak_memory_mb", "rss_bytes"]
+__all__ = ["PRECISIONS", "PeakMemory", "PeakRSS", "autocast", "device_name", "memory_note",
+           "peak_memory_mb", "rss_bytes"]
+
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def rss_bytes() -> int:
@@ -136,3 +140,12 @@ def device_name(device: torch.device | str) -> str:
     import platform
 
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def autocast(device: torch.device | str, precision: str = "fp32"):
+    """``torch.autocast`` to ``precision`` ("bf16", "fp16") on ``device``; "fp32" turns it
+    off (a context manager either way)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)

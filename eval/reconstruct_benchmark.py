@@ -38,6 +38,7 @@ class ReconstructCase:
     decode_s: float  # seconds per volume, autoencoder decoding
     total_s: float  # seconds per volume, the Reconstructor call end to end
     peak_mb: float  # of the whole call (see the module docstring)
+    precision: str = "fp32"  # "fp32", or the autocast dtype the call ran under ("bf16")
 
     def row(self) -> dict:
         return asdict(self)
@@ -45,9 +46,10 @@ class ReconstructCase:
 
 def build_pipeline(config: str = "tiny", ae_config: str = "kl-tiny",
                    shape: Sequence[int] = (64, 64, 64), spacing: Sequence[float] | None = None,
-                   seed: int = 0):
+                   seed: int = 0, detector: Sequence[int] | None = None):
     """A randomly initialised Reconstructor of the named sizes for a CT ``shape`` (the
-    datasets' default AP + lateral geometry)."""
+    datasets' default AP + lateral geometry; ``detector`` (H, W) pixels, default the
+    field's)."""
     from x2ct.autoencoder import CTAutoencoder
     from x2ct.autoencoder import get_config as get_ae_config
     from x2ct.data import default_geometry
@@ -63,7 +65,7 @@ def build_pipeline(config: str = "tiny", ae_config: str = "kl-tiny",
     cfg = get_config(config, latent_channels=ae_cfg.latent_channels,
                      latent_size=tuple(n // f for n in shape), ct_spacing=ae_cfg.spacing,
                      downsample_factor=f,
-                     geometry=default_geometry(shape, ae_cfg.spacing).to_dict())
+                     geometry=default_geometry(shape, ae_cfg.spacing, detector).to_dict())
     return Reconstructor(LatentDenoiser(cfg), CTAutoencoder(ae_cfg))
 
 
@@ -76,24 +78,29 @@ def run_reconstruct_benchmark(
     num_samples: int = 1,
     reps: int = 1,
     seed: int = 0,
+    precision: str = "fp32",
 ) -> list[ReconstructCase]:
     """Time every (sampler, steps, batch size) after one warm-up call per batch size;
-    medians over ``reps``."""
+    medians over ``reps``. ``precision`` "bf16" or "fp16" runs the calls under
+    ``torch.autocast`` of that dtype (the weights stay float32)."""
+    from x2ct.eval.memory import autocast
+
     scale = recon.config.guidance_scale if guidance_scale is None else float(guidance_scale)
     device = recon.device
     cases = []
     for batch in batch_sizes:
         xrays = torch.rand(batch, recon.config.num_views, *recon.config.xray_shape,
                            generator=torch.Generator().manual_seed(seed)) * 0.5
-        recon(xrays, sampler="ddim", steps=1, guidance_scale=scale, projection_guidance=False,
-              num_samples=num_samples)  # warm-up: kernels, allocator, caches
+        with autocast(device, precision):
+            recon(xrays, sampler="ddim", steps=1, guidance_scale=scale,
+                  projection_guidance=False, num_samples=num_samples)  # warm-up
         for sampler in samplers:
             for steps in steps_list:
                 parts, totals, peaks = [], [], []
                 for _ in range(reps):
                     gen = torch.Generator().manual_seed(seed)
                     timings: dict[str, float] = {}
-                    with PeakMemory(device) as mem:
+                    with PeakMemory(device) as mem, autocast(device, precision):
                         recon(xrays, sampler=sampler, steps=steps, guidance_scale=scale,
                               num_samples=num_samples, generator=gen, timings=timings,
                               projection_guidance=False)  # the sampler alone
@@ -104,15 +111,17 @@ def run_reconstruct_benchmark(
                                  for k in ("encode", "sample", "decode"))
                 cases.append(ReconstructCase(sampler, int(steps), int(batch), scale,
                                              int(num_samples), enc, smp, dec,
-                                             float(np.median(totals)) / batch, float(max(peaks))))
+                                             float(np.median(totals)) / batch, float(max(peaks)),
+                                             precision))
     return cases
 
 
 def markdown_table(cases: Sequence[ReconstructCase], title: str) -> str:
     lines = [title, "",
-             "| sampler | steps | batch | s / volume | encode s | sample s | decode s | "
-             "peak MB |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| sampler | steps | batch | precision | s / volume | encode s | sample s | "
+             "decode s | peak MB |", "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
     for c in cases:
-        lines.append(f"| {c.sampler} | {c.steps} | {c.batch} | {c.total_s:.3g} | "
-                     f"{c.encode_s:.3g} | {c.sample_s:.3g} | {c.decode_s:.3g} | {c.peak_mb:.0f} |")
+        lines.append(f"| {c.sampler} | {c.steps} | {c.batch} | {c.precision} | "
+                     f"{c.total_s:.3g} | {c.encode_s:.3g} | {c.sample_s:.3g} | "
+                     f"{c.decode_s:.3g} | {c.peak_mb:.0f} |")
     return "\n".join(lines)

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 from latent_helpers import tiny_reconstructor
 
 from x2ct.cli import InputError
@@ -70,7 +71,8 @@ def test_reconstruct_benchmark_times_every_sampler_step_and_batch(tiny_model, tm
                            "rflow", "--steps", "1", "--batch-sizes", "1", "2",
                            "--json", str(out), "--plot", str(plot)]) == 0
     table = capsys.readouterr().out
-    assert "| sampler | steps | batch | s / volume | encode s | sample s | decode s |" in table
+    assert ("| sampler | steps | batch | precision | s / volume | encode s | sample s | "
+            "decode s |") in table
     payload = json.loads(out.read_text())
     assert payload["benchmark"] == "reconstruct" and payload["ct_shape"] == [16, 16, 16]
     for key in ("machine", "device", "torch", "memory", "denoiser_parameters"):
@@ -101,7 +103,8 @@ def test_train_benchmark_with_and_without_projection_loss(tiny_model, tmp_path, 
     out, plot = tmp_path / "train.json", tmp_path / "train.png"
     assert benchmark.main(["train", "--model", str(tiny_model), "--batch-sizes", "2",
                            "--reps", "1", "--json", str(out), "--plot", str(plot)]) == 0
-    assert "| stage | projection loss | batch | samples / s |" in capsys.readouterr().out
+    assert "| stage | volume | projection loss | precision | batch | samples / s |" in \
+        capsys.readouterr().out
     payload = json.loads(out.read_text())
     assert payload["benchmark"] == "train"
     combos = {(c["stage"], c["projection"], c["batch"]) for c in payload["cases"]}
@@ -122,3 +125,85 @@ def test_projector_benchmark_over_sizes_with_a_plot(tmp_path):
     assert payload["size"] == [8, 12]
     assert sorted(c["size"] for c in payload["cases"]) == [8, 12]
     assert plot.stat().st_size > 0
+
+
+# --------------------------------------------------------------------------- the 1 mm base recipe
+
+
+def test_train_benchmark_of_the_base_recipe_writes_its_rows(tmp_path, capsys):
+    """The base networks (kl-base-1mm, base) on a small field: autoencoder rows on crops,
+    latent rows on the field, two batch sizes and the memory each further sample adds."""
+    out = tmp_path / "train.json"
+    assert benchmark.main(["train", "--config", "base", "--ae-config", "kl-base-1mm",
+                           "--shape", "32", "--crop", "16", "--batch-sizes", "1", "2",
+                           "--projections", "off", "--reps", "1", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "Peak memory per further sample of a batch" in table
+    payload = json.loads(out.read_text())
+    assert payload["config"] == "base" and payload["ae_config"] == "kl-base-1mm"
+    assert payload["spacing"] == [1.0, 1.0, 1.0] and payload["latent_size"] == [8, 8, 8]
+    assert payload["crop"] == 16 and payload["precision"] == "fp32"
+    rows = {(c["stage"], c["batch"]): c for c in payload["cases"]}
+    assert set(rows) == {(s, b) for s in ("autoencoder", "latent") for b in (1, 2)}
+    for (stage, _), c in rows.items():
+        assert c["volume"] == ([16] * 3 if stage == "autoencoder" else [32] * 3)
+        assert c["projection"] == "off" and c["processes"] == 1
+        assert _finite(c["step_s"]) and c["step_s"] > 0 and _finite(c["peak_mb"])
+
+
+def test_reconstruct_benchmark_of_the_base_recipe(tmp_path):
+    out = tmp_path / "r.json"
+    assert benchmark.main(["reconstruct", "--config", "base", "--ae-config", "kl-base-1mm",
+                           "--shape", "32", "--detector", "48", "--samplers", "ddim",
+                           "--steps", "1", "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert payload["xray_shape"] == [48, 48] and payload["ct_shape"] == [32, 32, 32]
+    (case,) = payload["cases"]
+    assert case["precision"] == "fp32" and case["total_s"] > 0
+
+
+def test_reconstruct_benchmark_under_bf16_autocast(tiny_model, tmp_path):
+    """--precision bf16 runs the call under autocast (bf16 3-D convolutions are slow on a
+    CPU: a tiny model here; the GPU check times the base one)."""
+    out = tmp_path / "r.json"
+    assert benchmark.main(["reconstruct", "--model", str(tiny_model), "--samplers", "ddim",
+                           "--steps", "1", "--precision", "bf16", "--json", str(out)]) == 0
+    (case,) = json.loads(out.read_text())["cases"]
+    assert case["precision"] == "bf16" and case["total_s"] > 0
+
+
+def test_autocast_precisions():
+    from x2ct.eval.memory import autocast
+
+    a = torch.ones(2, 2)
+    with autocast("cpu", "bf16"):
+        assert (a @ a).dtype == torch.bfloat16
+    with autocast("cpu", "fp32"):
+        assert (a @ a).dtype == torch.float32
+    with pytest.raises(ValueError, match="precision"):
+        autocast("cpu", "int8")
+
+
+def test_train_benchmark_through_accelerate(tiny_model, tmp_path, fresh_accelerator_state):
+    """--accelerate steps as the training scripts do (prepared model, its backward), one
+    process here; the JSON says so."""
+    out = tmp_path / "t.json"
+    assert benchmark.main(["train", "--model", str(tiny_model), "--stages", "latent",
+                           "--projections", "off", "torch", "--reps", "1", "--accelerate",
+                           "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert payload["accelerate"] is True
+    assert [(c["projection"], c["processes"]) for c in payload["cases"]] == [
+        ("off", 1), ("torch", 1)]
+    with pytest.raises(InputError, match="crop"):
+        benchmark.main(["train", "--model", str(tiny_model), "--crop", "6"])
+
+
+def test_memory_per_sample_is_the_slope_over_batch_sizes():
+    from x2ct.eval.train_benchmark import TrainCase, memory_per_sample
+
+    cases = [TrainCase("latent", "off", b, 1.0, 300.0 + 120.0 * b, "bf16", (8, 8, 8))
+             for b in (1, 2, 4)]
+    cases.append(TrainCase("autoencoder", "off", 1, 1.0, 50.0))  # one batch size: no slope
+    assert memory_per_sample(cases) == {
+        ("latent", "off", "bf16", (8, 8, 8)): pytest.approx(120.0)}
