@@ -5,7 +5,7 @@
     python eval/benchmark.py reconstruct [--model DIR | --config tiny --ae-config kl-tiny
                                          --shape 64 [--detector 64]] [--samplers ddim ddpm rflow]
                                          [--steps 10 25 50] [--batch-sizes 1 2 4]
-                                         [--precision fp32|bf16]
+                                         [--precision fp32 bf16]
     python eval/benchmark.py train [--model DIR | --config ... --shape 64]
                                    [--stages autoencoder latent] [--batch-sizes 1 2]
                                    [--crop 64] [--precision fp32|bf16] [--accelerate]
@@ -143,8 +143,6 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shape", type=int, default=64, help="CT size N (N^3 voxels), random model")
     p.add_argument("--detector", type=int, default=None,
                    help="detector D (D^2 pixels), random model (default: the field's)")
-    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
-                   help="fp32, or autocast to bf16/fp16 (the weights stay float32)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="also write the results as JSON")
@@ -178,10 +176,12 @@ def reconstruct(args) -> int:
     from x2ct.eval.reconstruct_benchmark import run_reconstruct_benchmark
 
     recon, described, setting = _pipeline(args)
+    cases = []
     with torch.no_grad():
-        cases = run_reconstruct_benchmark(recon, args.samplers, args.steps, args.batch_sizes,
-                                          args.guidance, args.num_samples, args.reps, args.seed,
-                                          args.precision)
+        for precision in args.precision:
+            cases += run_reconstruct_benchmark(recon, args.samplers, args.steps,
+                                               args.batch_sizes, args.guidance,
+                                               args.num_samples, args.reps, args.seed, precision)
     title = (f"Reconstruction on {machine(args.device)}, {described}; seconds per volume "
              f"(median of {args.reps}), {memory_note(args.device)}")
     return _report_pipeline(
@@ -255,6 +255,8 @@ def main(argv=None) -> int:
     r.add_argument("--guidance", type=float, default=None, help="guidance scale (model's)")
     r.add_argument("--num-samples", type=int, default=1, help="samples per case")
     r.add_argument("--reps", type=int, default=1)
+    r.add_argument("--precision", nargs="+", default=["fp32"], choices=list(PRECISIONS),
+                   help="fp32 and/or autocast to bf16/fp16 (the weights stay float32)")
     r.set_defaults(fn=reconstruct)
 
     from x2ct.eval.train_benchmark import STAGES
@@ -265,6 +267,9 @@ def main(argv=None) -> int:
     t.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
     t.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
     t.add_argument("--reps", type=int, default=3)
+    t.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                   help="fp32, or autocast to bf16/fp16 (with --accelerate: its mixed "
+                   "precision); the weights stay float32")
     t.add_argument("--crop", type=int, default=None,
                    help="autoencoder stage on crop^3 volumes (train/autoencoder.py --crop); "
                    "default the whole field")

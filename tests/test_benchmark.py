@@ -167,9 +167,12 @@ def test_reconstruct_benchmark_under_bf16_autocast(tiny_model, tmp_path):
     CPU: a tiny model here; the GPU check times the base one)."""
     out = tmp_path / "r.json"
     assert benchmark.main(["reconstruct", "--model", str(tiny_model), "--samplers", "ddim",
-                           "--steps", "1", "--precision", "bf16", "--json", str(out)]) == 0
-    (case,) = json.loads(out.read_text())["cases"]
-    assert case["precision"] == "bf16" and case["total_s"] > 0
+                           "--steps", "1", "--precision", "fp32", "bf16",
+                           "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert payload["precision"] == ["fp32", "bf16"]
+    assert [c["precision"] for c in payload["cases"]] == ["fp32", "bf16"]
+    assert all(c["total_s"] > 0 for c in payload["cases"])
 
 
 def test_autocast_precisions():
