@@ -28,7 +28,7 @@ import torch
 
 from x2ct.cli import InputError, run_main
 from x2ct.clihelp import HelpFormatter
-from x2ct.eval.memory import PRECISIONS, device_name, memory_note
+from x2ct.eval.memory import PRECISIONS, device_name, memory_note, peak_memory_mb
 from x2ct.eval.projector_benchmark import (
     describe_setting,
     markdown_table,
@@ -159,6 +159,8 @@ def _report_pipeline(args, name: str, cases, table_md: str, setting: dict, serie
         _write_json(args.json, {
             "benchmark": name, "machine": machine(device), "device": device,
             "torch": torch.__version__, "memory": memory_note(device), **setting,
+            # the whole process's peak (CPU: VmHWM, weights and all; CUDA: max allocated)
+            "process_peak_mb": peak_memory_mb(device),
             "cases": [c.row() for c in cases],
         })
     if args.plot:
