@@ -52,10 +52,11 @@ class AutoencoderConfig:
     tile_threshold: int = 96**3  # voxels
     tile_size: int = 64  # voxels per side of an image-space tile (multiple of divisibility)
     tile_overlap: float = 0.25  # fraction of a tile shared with its neighbour
-    # Activation checkpointing (KL only: MONAI AutoencoderKL's use_checkpoint): the encoder
-    # and decoder keep only their inputs in the forward pass and recompute the rest in the
-    # backward pass. Saves memory in training and in the projection loss's decoding, costs
-    # about one more forward pass; no effect without gradients.
+    # Activation checkpointing (KL only), block by block (x2ct.checkpointing): the forward
+    # pass keeps each residual and resampling block's input, the backward pass recomputes
+    # one block at a time. Saves memory in training and wherever the decoder is
+    # differentiated (projection loss and guidance), costs about one more forward pass;
+    # no effect without gradients.
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -85,7 +86,7 @@ class AutoencoderConfig:
                 )
         if self.gradient_checkpointing and self.kind != "kl":
             raise ValueError(
-                "gradient_checkpointing needs kind 'kl' (MONAI's VQVAE offers none)"
+                "gradient_checkpointing needs kind 'kl' (the VQ-VAE's blocks are not wrapped)"
             )
         if self.num_embeddings < 2:
             raise ValueError(f"num_embeddings must be >= 2, got {self.num_embeddings}")

@@ -25,6 +25,7 @@ from torch import nn
 
 from x2ct.autoencoder.config import AutoencoderConfig
 from x2ct.autoencoder.tiling import tiled_apply
+from x2ct.checkpointing import checkpoint_modules
 from x2ct.data.transforms import hu_to_unit, unit_to_hu
 from x2ct.fileio import atomic_dir
 from x2ct.models import model_path, not_found_hint
@@ -32,12 +33,16 @@ from x2ct.state import load_weights, write_safetensors
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+# MONAI AutoencoderKL blocks run under checkpointing with gradient_checkpointing: the
+# residual, attention and resampling blocks (not the cheap convolutions and norms at
+# either end)
+CHECKPOINTED_BLOCKS = ("AEKLResBlock", "AEKLDownsample", "UpSample", "SpatialAttentionBlock")
 
 
 def build_network(config: AutoencoderConfig) -> nn.Module:
     """The MONAI network a config describes."""
     if config.kind == "kl":
-        return AutoencoderKL(
+        net = AutoencoderKL(
             spatial_dims=3,
             in_channels=1,
             out_channels=1,
@@ -48,8 +53,11 @@ def build_network(config: AutoencoderConfig) -> nn.Module:
             norm_num_groups=config.norm_num_groups,
             with_encoder_nonlocal_attn=config.with_nonlocal_attn,
             with_decoder_nonlocal_attn=config.with_nonlocal_attn,
-            use_checkpoint=config.gradient_checkpointing,
         )
+        if config.gradient_checkpointing:  # x2ct.checkpointing: why not MONAI's flag
+            checkpoint_modules(b for b in [*net.encoder.blocks, *net.decoder.blocks]
+                               if type(b).__name__ in CHECKPOINTED_BLOCKS)
+        return net
     n = len(config.channels)
     return VQVAE(
         spatial_dims=3,

@@ -7,15 +7,15 @@ feature channels of every view; the output has the latent's channels and means w
 config's ``prediction_type`` says (v, epsilon or x0). Attention runs through
 x2ct.diffusion.attention (SDPA, or xformers on CUDA when installed). With the config's
 ``gradient_checkpointing`` its blocks recompute their activations in the backward pass
-(x2ct.diffusion.checkpointing).
+(x2ct.checkpointing).
 """
 
 from __future__ import annotations
 
 from monai.networks.nets import DiffusionModelUNet
 
+from x2ct.checkpointing import checkpoint_modules
 from x2ct.diffusion.attention import enable_xformers
-from x2ct.diffusion.checkpointing import checkpoint_blocks
 from x2ct.diffusion.config import LatentDiffusionConfig
 
 __all__ = ["build_unet"]
@@ -36,6 +36,6 @@ def build_unet(config: LatentDiffusionConfig) -> DiffusionModelUNet:
         use_flash_attention=True,  # PyTorch SDPA inside MONAI's attention blocks
     )
     enable_xformers(unet)  # route attention through the one predicate (and log which ran)
-    if config.gradient_checkpointing:
-        checkpoint_blocks(unet)
+    if config.gradient_checkpointing:  # each down, middle and up block
+        checkpoint_modules([*unet.down_blocks, unet.middle_block, *unet.up_blocks])
     return unet

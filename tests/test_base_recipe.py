@@ -13,9 +13,9 @@ from latent_helpers import TINY, one_thread, tiny_config  # noqa: F401 (one_thre
 
 from x2ct.autoencoder import AutoencoderConfig, CTAutoencoder
 from x2ct.autoencoder import get_config as get_ae_config
+from x2ct.checkpointing import is_checkpointed
 from x2ct.data import default_geometry
 from x2ct.diffusion import LatentDenoiser, get_config
-from x2ct.diffusion.checkpointing import is_checkpointed
 
 # --------------------------------------------------------------------------- configs
 
@@ -41,7 +41,10 @@ def test_kl_base_1mm_is_a_1mm_field_of_128_voxels_with_a_32_cubed_latent():
     assert ae.tile_threshold == 128**3 and ae.tile_size == 128
     assert AutoencoderConfig.from_json(ae.to_json()) == ae
     net = CTAutoencoder(ae).net
-    assert net.use_checkpoint  # MONAI's own checkpointing is what the flag turns on
+    # block by block (MONAI's use_checkpoint would recompute the whole decoder at once)
+    assert not net.use_checkpoint
+    blocks = [type(b).__mro__[2].__name__ for b in net.decoder.blocks if is_checkpointed(b)]
+    assert blocks.count("AEKLResBlock") == 6 and blocks.count("UpSample") == 2
 
 
 @pytest.mark.parametrize("detector", [128, 256])
@@ -152,6 +155,9 @@ def test_checkpointed_denoiser_survives_a_deepcopy_and_a_state_dict_round_trip()
 
 
 def test_autoencoder_checkpointing_gives_the_same_gradients_and_recomputes():
+    """Training (weights' gradients) and a frozen decoder differentiated in its latent (the
+    projection loss and guidance): the same output and gradients as the plain network,
+    and the blocks run again in the backward pass."""
     cfg = AutoencoderConfig(kind="kl", channels=(4, 8, 8), latent_channels=4,
                             norm_num_groups=4, attention_levels=(False,) * 3)
     torch.manual_seed(0)
@@ -159,7 +165,7 @@ def test_autoencoder_checkpointing_gives_the_same_gradients_and_recomputes():
     ckpt = CTAutoencoder(cfg.replace(gradient_checkpointing=True)).train()
     ckpt.load_state_dict(plain.state_dict())
     x = torch.rand(1, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    calls = _count_calls([ckpt.net.decoder.blocks[0]])  # the decoder's first layer
+    calls = _count_calls([ckpt.net.decoder.blocks[1].conv1])  # in the first residual block
     results = []
     for model in (plain, ckpt):
         out = model.net.decode(model.net.encode(x)[0])
@@ -168,7 +174,20 @@ def test_autoencoder_checkpointing_gives_the_same_gradients_and_recomputes():
     torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=0)
     for k, v in results[0][1].items():
         torch.testing.assert_close(results[1][1][k], v, rtol=1e-5, atol=1e-6, msg=k)
-    assert calls[0] == 2  # the decoder ran again in the backward pass
+    assert calls[0] == 2  # the block ran again in the backward pass
+
+    grads = []
+    for model in (plain, ckpt):
+        model.eval().requires_grad_(False)
+        z = torch.randn(1, 4, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+        z.requires_grad_(True)
+        model.decode(z).abs().mean().backward()
+        grads.append(z.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
+    assert calls[0] == 4  # frozen and in eval mode, still recomputed: gradients were wanted
+    with torch.no_grad():
+        ckpt.decode(z)
+    assert calls[0] == 5  # without gradients, once
 
 
 def test_tiny_helpers_are_not_checkpointed():
