@@ -109,7 +109,7 @@ def _recon_rows(name: str, r: dict, judge: bool, target: tuple[float, float] | N
 
 
 def _train_rows(name: str, t: dict, judge: bool) -> list[str]:
-    from x2ct.eval.train_benchmark import TrainCase, memory_per_sample
+    from x2ct.eval.train_benchmark import TrainCase, memory_per_sample, per_sample_text
 
     rows, cases = [], []
     for c in t["cases"]:
@@ -128,7 +128,7 @@ def _train_rows(name: str, t: dict, judge: bool) -> list[str]:
     for (stage, proj, prec, volume), mb in memory_per_sample(cases).items():
         vol = "x".join(map(str, volume)) if volume else "-"
         rows.append(f"| {name} | {stage} on {vol}, projection {proj}, {prec}: memory per "
-                    f"further sample | {mb:.0f} MB | - | - | - |")
+                    f"further sample | {per_sample_text(mb)} | - | - | - |")
     return rows
 
 

@@ -33,7 +33,8 @@ import torch
 
 from x2ct.eval.memory import PeakMemory
 
-__all__ = ["STAGES", "TrainCase", "markdown_table", "memory_per_sample", "projection_backends",
+__all__ = ["STAGES", "TrainCase", "markdown_table", "memory_per_sample", "per_sample_text",
+           "projection_backends",
            "run_train_benchmark"]
 
 STAGES = ("autoencoder", "latent")
@@ -70,6 +71,15 @@ def memory_per_sample(cases: Sequence[TrainCase]) -> dict[tuple, float]:
         if len({c.batch for c in cs}) > 1:
             out[key] = float(np.polyfit([c.batch for c in cs], [c.peak_mb for c in cs], 1)[0])
     return out
+
+
+def per_sample_text(mb: float) -> str:
+    """A slope of :func:`memory_per_sample` as a table cell. A negative slope is not a
+    measurement: on a CPU the peak is the resident set's growth during the call, and the
+    allocator hands the first (smallest) batch's freed memory to the later ones."""
+    if mb < 0:
+        return "not measurable (peak fell with the batch: allocator reuse)"
+    return f"{mb:.0f} MB"
 
 
 def projection_backends(device: torch.device | str) -> list[str]:
@@ -262,5 +272,5 @@ def markdown_table(cases: Sequence[TrainCase], title: str) -> str:
         lines += ["", "Peak memory per further sample of a batch (slope over the batch sizes):", ""]
         for (stage, proj, prec, volume), mb in slopes.items():
             vol = "x".join(map(str, volume)) if volume else "-"
-            lines.append(f"- {stage}, {vol}, projection {proj}, {prec}: {mb:.0f} MB")
+            lines.append(f"- {stage}, {vol}, projection {proj}, {prec}: {per_sample_text(mb)}")
     return "\n".join(lines)

@@ -210,3 +210,14 @@ def test_memory_per_sample_is_the_slope_over_batch_sizes():
     cases.append(TrainCase("autoencoder", "off", 1, 1.0, 50.0))  # one batch size: no slope
     assert memory_per_sample(cases) == {
         ("latent", "off", "bf16", (8, 8, 8)): pytest.approx(120.0)}
+
+
+def test_a_falling_peak_is_not_reported_as_memory_per_sample():
+    from x2ct.eval.train_benchmark import TrainCase, memory_per_sample, per_sample_text
+
+    # the CPU's resident-set growth: the first batch grew the heap, later ones reused it
+    cases = [TrainCase("latent", "off", b, 1.0, mb) for b, mb in ((1, 90.0), (2, 20.0))]
+    (slope,) = memory_per_sample(cases).values()
+    assert slope < 0
+    assert "not measurable" in per_sample_text(slope)
+    assert per_sample_text(120.4) == "120 MB"
