@@ -109,6 +109,10 @@ class LatentDiffusionConfig:
     sampler: str = "ddim"
     sampler_steps: int = 50
     guidance_scale: float = 1.0
+    # samples averaged per case: the reconstruction is their mean (an estimate of the
+    # posterior mean, which PSNR, SSIM and MAE reward: one sample's error is about twice
+    # the mean's), and their per-voxel standard deviation the uncertainty map
+    num_samples: int = 1
     # projection-consistent sampling by default (x2ct.diffusion.ProjectionGuidance fields:
     # strength, steps, inner); None: off unless a call asks for it
     projection_guidance: dict | None = None
@@ -233,6 +237,8 @@ class LatentDiffusionConfig:
                 f"sampler_steps must be in [1, {self.num_train_timesteps}], "
                 f"got {self.sampler_steps}"
             )
+        if int(self.num_samples) != self.num_samples or self.num_samples < 1:
+            raise ValueError(f"num_samples must be an integer >= 1, got {self.num_samples}")
         if not 0 <= self.guidance_scale < math.inf:
             raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
         self._check_sizes()

@@ -429,7 +429,7 @@ class Reconstructor:
         sampler: str | None = None,
         steps: int | None = None,
         guidance_scale: float | None = None,
-        num_samples: int = 1,
+        num_samples: int | None = None,
         generator: torch.Generator | None = None,
         device=None,
         batch_size: int | None = None,
@@ -449,8 +449,8 @@ class Reconstructor:
             sampler: "ddim", "ddpm" or "rflow" (default: the config's).
             steps: sampler steps (default: the config's).
             guidance_scale: classifier-free guidance scale s (1: conditional model only).
-            num_samples: samples per case; their mean is ``hu`` and their per-voxel
-                standard deviation ``std`` (an uncertainty map).
+            num_samples: samples per case (default: the config's); their mean is ``hu``
+                and their per-voxel standard deviation ``std`` (an uncertainty map).
             generator: torch.Generator for the noise (repeatable results).
             device: where to run (default: where the model is).
             batch_size: latents denoised at once (default: all B * num_samples).
@@ -490,6 +490,7 @@ class Reconstructor:
                 f"{self.config.xray_input!r}): radiographs with an unknown display curve need "
                 "a model trained with xray_input='rank'"
             )
+        num_samples = self.config.num_samples if num_samples is None else num_samples
         if pose_refinement is not None:
             from x2ct.diffusion.pose import reconstruct_with_pose
 

@@ -297,7 +297,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sampler", choices=("ddim", "ddpm", "rflow"), default=None)
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: model's)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (model's)")
-    p.add_argument("--num-samples", type=int, default=1, help="samples averaged per case")
+    p.add_argument("--num-samples", type=int, default=None,
+                   help="samples averaged per case (default: each model's)")
     p.add_argument("--batch-size", type=int, default=4, help="cases per reconstruction call")
     p.add_argument("--seed", type=int, default=0, help="sampling noise (and pose jitter) seed")
     add_guidance_arguments(p, pc_strength=ProjectionGuidance.strength, pose_rounds=1)
@@ -324,7 +325,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--pose-jitter DEG MM must be >= 0")
     if args.phantoms is not None and args.phantoms < 1:
         p.error("--phantoms must be >= 1")
-    if args.num_samples < 1 or args.batch_size < 1:
+    if (args.num_samples is not None and args.num_samples < 1) or args.batch_size < 1:
         p.error("--num-samples and --batch-size must be >= 1")
     try:
         args.options = phantom_options(args.phantom_option)
@@ -601,7 +602,8 @@ def _predictor(row: Row, args, device, mean_hu, ref_geometry, ref_scale, spacing
                     "steps": args.steps if args.steps is not None else c.sampler_steps,
                     "guidance_scale": c.guidance_scale if args.guidance is None
                     else args.guidance,
-                    "num_samples": args.num_samples}
+                    "num_samples": c.num_samples if args.num_samples is None
+                    else args.num_samples}
         if c.objective != "diffusion":
             settings["objective"] = c.objective
         effective = recon.projection_guidance_for(guidance)
@@ -620,7 +622,7 @@ def _predictor(row: Row, args, device, mean_hu, ref_geometry, ref_scale, spacing
         def predict(gt, xrays, views=None, intensity="line_integral"):
             out = recon(xrays.to(device), sampler=settings["sampler"], steps=settings["steps"],
                         guidance_scale=settings["guidance_scale"],
-                        num_samples=args.num_samples, generator=generator,
+                        num_samples=settings["num_samples"], generator=generator,
                         projection_guidance=guidance, pose_refinement=pose, views=views,
                         intensity=intensity)
             extras = [{} for _ in range(gt.shape[0])]

@@ -204,7 +204,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sampler", choices=("ddim", "ddpm", "rflow"), default=None)
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: model's)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
-    p.add_argument("--num-samples", type=int, default=1, help="samples; >1 writes std.nii.gz")
+    p.add_argument("--num-samples", type=int, default=None,
+                   help="samples averaged (default: model's); >1 writes std.nii.gz")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     add_guidance_arguments(p)
@@ -225,7 +226,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--ap needs --lateral: the model reconstructs from both views")
     if args.lateral is not None and args.ap is None:
         p.error("--lateral needs --ap: the model reconstructs from both views")
-    if args.num_samples < 1:
+    if args.num_samples is not None and args.num_samples < 1:
         p.error("--num-samples must be >= 1")
     if args.batch_size is not None and args.batch_size < 1:
         p.error("--batch-size must be >= 1")
@@ -363,6 +364,8 @@ def main(argv=None) -> dict:
         recon = Reconstructor.from_pretrained(args.model, device=args.device)
     except (ValueError, OSError) as e:
         raise InputError(str(e)) from e
+    if args.num_samples is None:
+        args.num_samples = recon.config.num_samples
     gt_hu = xrays = case = field_drr = radiographs = None
     intensity, geometries, mirror = "line_integral", None, (False, False)
     try:

@@ -396,6 +396,23 @@ def test_reconstructor_shapes_uncertainty_and_repeatability():
         recon(x, sampler="euler")
 
 
+def test_the_config_sets_how_many_samples_a_reconstruction_averages():
+    recon = tiny_reconstructor()
+    x = xrays(2)
+    g = lambda s: torch.Generator().manual_seed(s)
+    asked = recon(x, sampler="ddpm", steps=2, num_samples=3, generator=g(0))
+    recon.config.num_samples = 3
+    default = recon(x, sampler="ddpm", steps=2, generator=g(0))
+    assert default.latent.shape == asked.latent.shape == (2, 3, 4, 4, 4, 4)
+    torch.testing.assert_close(default.hu, asked.hu, rtol=0, atol=0)
+    torch.testing.assert_close(default.std, asked.std, rtol=0, atol=0)
+    one = recon(x, sampler="ddpm", steps=2, num_samples=1, generator=g(0))  # a call wins
+    assert one.latent.shape[1] == 1 and one.std is None
+    for bad in (0, 2.5):
+        with pytest.raises(ValueError, match="num_samples"):
+            LatentDiffusionConfig(num_samples=bad)
+
+
 def sample_directly(recon, x, name: str, steps: int, seed: int, model_fn=None):
     """What ``recon(x, sampler=name, steps=steps, generator=seed)`` should return as its
     latent (B, C, x, y, z), from the public pieces: the starting noise drawn first from

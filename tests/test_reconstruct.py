@@ -21,8 +21,9 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rank_model_dir(tmp_path_factory):
-    """A model that reads radiographs (rank-normalised inputs)."""
-    model = tiny_reconstructor(xray_input="rank")
+    """A model that reads radiographs (rank-normalised inputs) and averages two samples by
+    default (its config's num_samples)."""
+    model = tiny_reconstructor(xray_input="rank", num_samples=2)
     return model.save_pretrained(tmp_path_factory.mktemp("rank") / "model")
 
 
@@ -98,7 +99,9 @@ def test_from_two_pngs_by_their_place_and_pixel_spacing(tmp_path, rank_model_dir
     printed = capsys.readouterr().out
     assert "ap.png: no view angle in the file; taken as 0 degrees" in printed
     assert "lateral.png: no view angle in the file; taken as 90 degrees" in printed
-    assert sorted(p.name for p in out.iterdir()) == ["ct.nii.gz", "reconstruction.png"]
+    assert "2 samples" in printed  # the model's default, with its uncertainty map
+    assert sorted(p.name for p in out.iterdir()) == ["ct.nii.gz", "reconstruction.png",
+                                                     "std.nii.gz"]
     assert load_ct(out / "ct.nii.gz").hu.shape == CT_SHAPE
 
 
