@@ -403,15 +403,17 @@ def network_xrays(
 
 @torch.no_grad()
 def validate(recon: Reconstructor, val: list[dict], steps: int, seed: int):
-    """Reconstruct the validation cases (DDIM, ``steps``, along each case's views, no
-    projection-consistent sampling); mean scores and the first case's figure inputs. The
+    """Reconstruct the validation cases (DDIM, ``steps``, one sample per case whatever the
+    model's ``num_samples``, along each case's views, no projection-consistent sampling):
+    the same cheap measure for every model and step compared; mean scores and the first case's figure inputs. The
     projection error is against each field's own DRRs (the X-rays cross the rest of the
     body too)."""
     window = recon.autoencoder.config.hu_window
     xrays = torch.stack([v["xrays"] for v in val])
     views = torch.stack([v["views"] for v in val]) if "views" in val[0] else None
-    out = recon(xrays, sampler="ddim", steps=steps, generator=torch.Generator().manual_seed(seed),
-                views=views, projection_guidance=False)
+    out = recon(xrays, sampler="ddim", steps=steps, num_samples=1,
+                generator=torch.Generator().manual_seed(seed), views=views,
+                projection_guidance=False)
     truth = [unit_to_hu(v["ct"], window) for v in val]
     references = [v.get("drr_field", v["drr"]) / recon.config.xray_scale for v in val]
     scores = score_cases(out.hu.cpu(), truth, references, recon.geometry, recon.spacing,
