@@ -405,9 +405,9 @@ def network_xrays(
 def validate(recon: Reconstructor, val: list[dict], steps: int, seed: int):
     """Reconstruct the validation cases (DDIM, ``steps``, one sample per case whatever the
     model's ``num_samples``, along each case's views, no projection-consistent sampling):
-    the same cheap measure for every model and step compared; mean scores and the first case's figure inputs. The
-    projection error is against each field's own DRRs (the X-rays cross the rest of the
-    body too)."""
+    the same cheap measure for every model and step compared; mean scores and the first
+    case's figure inputs. The projection error is against each field's own DRRs (the
+    X-rays cross the rest of the body too)."""
     window = recon.autoencoder.config.hu_window
     xrays = torch.stack([v["xrays"] for v in val])
     views = torch.stack([v["views"] for v in val]) if "views" in val[0] else None
