@@ -25,7 +25,10 @@ one the column is found in the image, on a block-averaged copy (about 2 mm in-pl
    about the canal's sagittal line (a contrast-filled aorta lying against the body) and
    blobs that an opening separates from the vertebral body (ribs, organs), with the holes
    it encloses other than the canal (the body's low-density cancellous core) filled in;
-   metal voxels (and 2 mm around them) are then left out.
+   metal voxels (and 2 mm around them) are then left out. Where that bone reaches the
+   box's front edge (something pressed against the body's whole front: a
+   contrast-filled heart chamber before a thoracic vertebra), it is cut at the
+   furthest body front of the clean slices within 20 mm.
 5. The point: the centroid of that bone in the slab ``z +- SLAB_HALF_MM``.
 
 Metal (> 2000 HU in any native voxel: pedicle screws, rods, prostheses, pacemakers)
@@ -464,8 +467,9 @@ def _image_slices(grid: _Grid):
     near_metal = _disk(2.0, grid.spacing)[:, :, None]
     metal = ndimage.binary_dilation(grid.peak > _METAL_HU, structure=near_metal)
     opener = _disk(4.0, grid.spacing)
-    zs, cent, area = [], [], []
     r_default = float(np.median(list(radius.values())))
+    z_of = grid.z_mm()
+    found = []  # (z, x, y, v, dx, dy, stuck): the vertebra of each slice in its box
     for k, cx, cy in zip(ks, lx, ly):
         ix = np.nonzero(np.abs(xs - cx) <= _ROI_X_MM)[0]
         iy = np.nonzero((ys >= cy + _ROI_Y_MM[0]) & (ys <= cy + _ROI_Y_MM[1]))[0]
@@ -473,22 +477,51 @@ def _image_slices(grid: _Grid):
             continue
         sl = (slice(ix[0], ix[-1] + 1), slice(iy[0], iy[-1] + 1), k)
         img = grid.mean[sl]
-        gx, gy = xs[sl[0]][:, None], ys[sl[1]][None, :]
+        dx, dy = xs[sl[0]][:, None] - cx, ys[sl[1]][None, :] - cy
         bone = (img > _BONE_HU) & body[sl]
         r_canal = radius.get(k, r_default)
         r_seed = r_canal + 10.0
         # Metal shapes the vertebra (a screw crosses its body) but never counts as bone.
-        v = _vertebra(bone, gx - cx, gy - cy, opener, r_canal, r_seed) & ~metal[sl]
-        n = int(v.sum())
-        if n == 0:
-            continue
+        v = _vertebra(bone, dx, dy, opener, r_canal, r_seed) & ~metal[sl]
+        if v.any():
+            # A vertebra ends well inside the box's front edge (the body's front lies
+            # 35-50 mm ahead of the canal's centre): bone reaching that edge is
+            # something pressed against the body, as wide and as symmetric as it (a
+            # contrast-filled heart chamber in front of a thoracic vertebra), that
+            # neither the mirror nor the opening test parts from it. (Where the field's
+            # front edge cuts the box, that edge says nothing.)
+            stuck = bool(ys[iy[-1]] < ys[-1] and v[:, -1].any())
+            found.append((z_of[k], cx, cy, v, dx, dy, stuck))
+    # In a slice with something stuck to it, its centroid would pull the line 20-40 mm
+    # forward, and leaving the slice out would pull it back (the slices left are mostly
+    # disc levels, arch without body). The body's front moves little along the column:
+    # cut the slice's bone at the furthest front (along the midline) of the clean
+    # slices within 20 mm, which lie on both sides of a disc; with none near, leave the
+    # slice out.
+    clean = [(z, _midline_front(v, dx, dy)) for z, _, _, v, dx, dy, stuck in found if not stuck]
+    zs, cent, area = [], [], []
+    for z, cx, cy, v, dx, dy, stuck in found:
+        if stuck:
+            near = [f for zc, f in clean if abs(zc - z) <= 20.0]
+            if not near:
+                continue
+            v = v & (dy <= max(near))
         iv = np.nonzero(v)
-        zs.append(grid.z_mm()[k])
-        cent.append([float(gx[iv[0], 0].mean()), float(gy[0, iv[1]].mean())])
-        area.append(n * grid.spacing[0] * grid.spacing[1])
+        if iv[0].size == 0:
+            continue
+        zs.append(z)
+        cent.append([cx + float(dx[iv[0], 0].mean()), cy + float(dy[0, iv[1]].mean())])
+        area.append(iv[0].size * grid.spacing[0] * grid.spacing[1])
     if not zs:
         raise ValueError("no vertebral bone found around the canal")
     return np.array(zs), np.array(cent), np.array(area), confidence
+
+
+def _midline_front(v: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> float:
+    """How far (mm) the vertebra ``v`` reaches in front of the canal's centre along the
+    midline (``|dx| <= 6 mm``); 0 where nothing is in front (a disc level)."""
+    strip = v & (np.abs(dx) <= 6.0) & (dy > 0)
+    return float(np.broadcast_to(dy, v.shape)[strip].max()) if strip.any() else 0.0
 
 
 def _mirror_x(mask: np.ndarray, dx: np.ndarray) -> np.ndarray:

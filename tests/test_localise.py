@@ -78,21 +78,17 @@ def test_clean_phantom(region):
     np.testing.assert_allclose(loc.centre[2], 0.5 * sum(loc.z_range))
 
 
-# Known failures on the whole-body phantom (data/phantom), kept visible: with the
-# contrast-filled heart against the thoracic column the line drifts 20-22 mm forward near
-# the field's top; osteoporotic arches (cortex near 300 HU after demineralise) leave the
-# canal ring open at 250 HU (a second, lower ring threshold was tried: no better, and it
-# doubled the search). strict: a fix turns these into failures to remove the mark.
-_HEART = "the thoracic line drifts forward beside the contrast-filled heart"
+# A known failure on the whole-body phantom (data/phantom), kept visible: osteoporotic
+# arches (cortex near 300 HU after demineralise) leave the canal ring open at 250 HU (a
+# second, lower ring threshold was tried: no better, and it doubled the search). strict:
+# a fix turns this into a failure to remove the mark.
 _OSTEO = "osteoporotic arches leave the canal ring open at 250 HU"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(DISTRACTORS))
 @pytest.mark.parametrize("region", ["lumbar", "thoracic"])
-def test_each_distractor(region, name, request):
-    if (region, name) == ("thoracic", "heart"):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=_HEART))
+def test_each_distractor(region, name):
     sc = add(scene(region), name)
     if name == "spinal_metal":
         # At the fused levels, where the screws sit in the pedicles and body.
@@ -106,10 +102,7 @@ def test_each_distractor(region, name, request):
     assert loc.confidence >= CONFIDENCE_WARN
 
 
-@pytest.mark.parametrize(
-    "region",
-    ["lumbar", pytest.param("thoracic", marks=pytest.mark.xfail(strict=True, reason=_HEART))],
-)
+@pytest.mark.parametrize("region", ["lumbar", "thoracic"])
 def test_all_distractors(region):
     sc = add(scene(region), *DISTRACTORS)
     loc = locate_spine(sc.hu, sc.spacing)
