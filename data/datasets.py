@@ -263,7 +263,8 @@ def case_code_version() -> str:
     phantom or case pipeline are never reused."""
     here = Path(__file__).resolve().parent
     files = sorted(here.glob("phantom*/**/*.py")) + sorted(here.glob("phantom*.py"))
-    files += [here / "_shapes.py", here / "cases.py", here / "scene.py"]
+    # the localiser too: it decides where each case's field is cut
+    files += [here / "_shapes.py", here / "cases.py", here / "scene.py", here / "localise.py"]
     h = hashlib.sha256()
     for f in files:
         if f.is_file():
