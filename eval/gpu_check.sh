@@ -92,8 +92,9 @@ else  # the CPU rehearsal: every command and flag above, tiny sizes
     --reps 1 --json "$OUT/projector.json"
   part recon_base 120 "${BENCH[@]}" reconstruct --config base --ae-config kl-base-1mm --shape 32 \
     --samplers ddim --steps 1 --precision fp32 --device cpu --json "$OUT/recon_base.json"
+  # (one batch size: a CPU's peak memory cannot give the per-sample slope anyway)
   part train_base 120 "${BENCH[@]}" train --config base --ae-config kl-base-1mm --shape 32 --crop 16 \
-    --batch-sizes 1 2 --projections torch --precision fp32 --accelerate --reps 1 \
+    --batch-sizes 1 --projections torch --precision fp32 --accelerate --reps 1 \
     --device cpu --json "$OUT/train_base.json"
   part recon_tiny 60 "${BENCH[@]}" reconstruct --config tiny --ae-config kl-tiny --shape 16 \
     --samplers ddim --steps 2 --precision fp32 --device cpu --json "$OUT/recon_tiny.json"
