@@ -258,17 +258,32 @@ def _case_tensors(case, window) -> dict[str, torch.Tensor]:
     return out
 
 
+CASE_CODE_PACKAGES = ("x2ct.data", "x2ct.projector", "x2ct.kernels")
+"""The packages whose code draws phantoms, locates the spine, cuts the field and renders the
+X-rays of a case: :func:`case_code_version` hashes every module in them."""
+
+
+def case_code_files() -> list[Path]:
+    """Every Python file of :data:`CASE_CODE_PACKAGES`, in a fixed order. Whole packages
+    rather than a list of modules, so that a new module cannot be left out; the price is
+    that an edit to a module that does not change cases (a file reader, say) also re-makes
+    cached cases."""
+    import importlib
+
+    files = []
+    for name in CASE_CODE_PACKAGES:
+        root = Path(importlib.import_module(name).__file__).resolve().parent
+        files += sorted(root.rglob("*.py"))
+    return files
+
+
 def case_code_version() -> str:
-    """A hash of the code that draws phantoms and makes cases: cached cases of an older
-    phantom or case pipeline are never reused."""
-    here = Path(__file__).resolve().parent
-    files = sorted(here.glob("phantom*/**/*.py")) + sorted(here.glob("phantom*.py"))
-    # the localiser too: it decides where each case's field is cut
-    files += [here / "_shapes.py", here / "cases.py", here / "scene.py", here / "localise.py"]
+    """A hash of the code that makes cases (:func:`case_code_files`): cached cases and
+    latents made by older code are never reused."""
     h = hashlib.sha256()
-    for f in files:
-        if f.is_file():
-            h.update(f.read_bytes())
+    for f in case_code_files():
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
 

@@ -4,6 +4,8 @@ import dataclasses
 import gzip
 import os
 import struct
+import subprocess
+import sys
 import warnings
 
 import nibabel as nib
@@ -11,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+import x2ct
+import x2ct.fileio
 from x2ct.data import (
     CropPadToSpined,
     CTFolderDataset,
@@ -482,3 +486,23 @@ def test_dicom_needs_pydicom(tmp_path, monkeypatch):
     (tmp_path / "a.dcm").write_bytes(b"\0" * 200)
     with pytest.raises(ImportError, match="pip install pydicom"):
         load_xray(tmp_path / "a.dcm")
+
+
+def test_case_code_version_covers_every_module_cases_import():
+    """Every x2ct module that the case pipeline (phantom, localiser, case cutting,
+    rendering) imports in a fresh interpreter is hashed into the case cache's key, apart
+    from the package root and the atomic file writer, which change no value of a case."""
+    from x2ct.data.datasets import case_code_files
+
+    probe = (
+        "import sys, x2ct.data.cases, x2ct.data.localise, x2ct.data.phantom\n"
+        "print('\\n'.join(m.__file__ for n, m in sys.modules.items()\n"
+        "                 if n.startswith('x2ct') and getattr(m, '__file__', None)))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout.split()
+    imported = {os.path.realpath(f) for f in out}
+    hashed = {os.path.realpath(f) for f in case_code_files()}
+    exempt = {os.path.realpath(x2ct.__file__), os.path.realpath(x2ct.fileio.__file__)}
+    assert len(imported) > 20  # the probe saw the pipeline
+    assert imported - exempt <= hashed, sorted(imported - exempt - hashed)
