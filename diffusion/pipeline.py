@@ -248,6 +248,26 @@ class Reconstructor:
                 "x2ct.data.resample_radiograph)"
             )
 
+    def sampling_settings(self, sampler: str | None = None, steps: int | None = None,
+                          guidance_scale: float | None = None,
+                          num_samples: int | None = None) -> dict:
+        """What a call samples with: each setting given, else the config's (the one place
+        the model's defaults are resolved; reconstruct.py and evaluate.py report these).
+        Returns a dict with "sampler", "steps", "guidance_scale" and "num_samples"."""
+        c = self.config
+        settings = {
+            "sampler": c.sampler if sampler is None else sampler,
+            "steps": c.sampler_steps if steps is None else int(steps),
+            "guidance_scale": c.guidance_scale if guidance_scale is None
+            else float(guidance_scale),
+            "num_samples": c.num_samples if num_samples is None else int(num_samples),
+        }
+        if settings["sampler"] not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {settings['sampler']!r}")
+        if settings["num_samples"] < 1:
+            raise ValueError(f"num_samples must be >= 1, got {settings['num_samples']}")
+        return settings
+
     def projection_guidance_for(
         self, option: ProjectionGuidance | bool | None
     ) -> ProjectionGuidance | None:
@@ -490,7 +510,9 @@ class Reconstructor:
                 f"{self.config.xray_input!r}): radiographs with an unknown display curve need "
                 "a model trained with xray_input='rank'"
             )
-        num_samples = self.config.num_samples if num_samples is None else num_samples
+        settings = self.sampling_settings(sampler, steps, guidance_scale, num_samples)
+        sampler, steps = settings["sampler"], settings["steps"]
+        scale, num_samples = settings["guidance_scale"], settings["num_samples"]
         if pose_refinement is not None:
             from x2ct.diffusion.pose import reconstruct_with_pose
 
@@ -498,19 +520,12 @@ class Reconstructor:
                 raise ValueError("pose_refinement finds the view geometry: do not pass one")
             return reconstruct_with_pose(
                 self, xrays, pose_refinement, sampler=sampler, steps=steps,
-                guidance_scale=guidance_scale, num_samples=num_samples, generator=generator,
+                guidance_scale=scale, num_samples=num_samples, generator=generator,
                 device=device, batch_size=batch_size, geometry=geometry,
                 allow_geometry_mismatch=allow_geometry_mismatch, progress=progress,
                 timings=timings, projection_guidance=projection_guidance, views=views,
                 intensity=intensity,
             )
-        sampler = self.config.sampler if sampler is None else sampler
-        steps = self.config.sampler_steps if steps is None else int(steps)
-        scale = self.config.guidance_scale if guidance_scale is None else float(guidance_scale)
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         projection_guidance = self.projection_guidance_for(projection_guidance)
         expected = (self.config.num_views, *self.config.xray_shape)
         if xrays.ndim != 4 or tuple(xrays.shape[1:]) != expected:

@@ -598,12 +598,8 @@ def _predictor(row: Row, args, device, mean_hu, ref_geometry, ref_scale, spacing
         guidance, pose = options(args)
         guidance = {"pc": guidance, "nopc": False}.get(row.mode)  # None: the model's default
         pose = pose if row.mode == "pose" else None
-        settings = {"sampler": args.sampler or c.sampler,
-                    "steps": args.steps if args.steps is not None else c.sampler_steps,
-                    "guidance_scale": c.guidance_scale if args.guidance is None
-                    else args.guidance,
-                    "num_samples": c.num_samples if args.num_samples is None
-                    else args.num_samples}
+        settings = recon.sampling_settings(args.sampler, args.steps, args.guidance,
+                                           args.num_samples)
         if c.objective != "diffusion":
             settings["objective"] = c.objective
         effective = recon.projection_guidance_for(guidance)

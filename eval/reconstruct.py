@@ -364,8 +364,7 @@ def main(argv=None) -> dict:
         recon = Reconstructor.from_pretrained(args.model, device=args.device)
     except (ValueError, OSError) as e:
         raise InputError(str(e)) from e
-    if args.num_samples is None:
-        args.num_samples = recon.config.num_samples
+    settings = recon.sampling_settings(args.sampler, args.steps, args.guidance, args.num_samples)
     gt_hu = xrays = case = field_drr = radiographs = None
     intensity, geometries, mirror = "line_integral", None, (False, False)
     try:
@@ -423,20 +422,13 @@ def main(argv=None) -> dict:
     effective = recon.projection_guidance_for(guidance)
     from x2ct.data import centred_affine
 
-    summary = sampling_summary(
-        recon.config.objective, args.sampler or recon.config.sampler,
-        args.steps or recon.config.sampler_steps,
-        recon.config.guidance_scale if args.guidance is None else args.guidance,
-        args.num_samples, effective, pose,
-    )
+    summary = sampling_summary(recon.config.objective, **settings,
+                               projection_guidance=effective, pose=pose)
     print(f"reconstructing: {summary}", flush=True)
     t0 = time.perf_counter()
     out = recon(
         xrays,
-        sampler=args.sampler,
-        steps=args.steps,
-        guidance_scale=args.guidance,
-        num_samples=args.num_samples,
+        **settings,
         generator=torch.Generator().manual_seed(args.seed),
         batch_size=args.batch_size,
         projection_guidance=guidance,
@@ -457,10 +449,7 @@ def main(argv=None) -> dict:
         print(f"warning: {spine_note}")
     record = {
         "objective": recon.config.objective,
-        "sampler": args.sampler or recon.config.sampler,
-        "steps": args.steps or recon.config.sampler_steps,
-        "guidance_scale": recon.config.guidance_scale if args.guidance is None else args.guidance,
-        "num_samples": args.num_samples,
+        **settings,
         "seed": args.seed,
         "projection_guidance": None if effective is None else effective.to_dict(),
         "pose_refinement": None if pose is None else pose.to_dict(),
@@ -473,7 +462,7 @@ def main(argv=None) -> dict:
         print(
             f"projection-consistent sampling: projection error {before.mean():.4f} -> "
             f"{final.mean():.4f} (guided sample kept for "
-            f"{int(out.projection['guided'].sum())} of {args.num_samples})"
+            f"{int(out.projection['guided'].sum())} of {settings['num_samples']})"
         )
     if out.pose is not None:
         record["pose"] = {

@@ -413,6 +413,22 @@ def test_the_config_sets_how_many_samples_a_reconstruction_averages():
             LatentDiffusionConfig(num_samples=bad)
 
 
+def test_sampling_settings_take_each_given_value_else_the_configs():
+    recon = tiny_reconstructor()
+    c = recon.config
+    c.sampler, c.sampler_steps, c.guidance_scale, c.num_samples = "ddpm", 7, 1.5, 2
+    assert recon.sampling_settings() == {"sampler": "ddpm", "steps": 7,
+                                         "guidance_scale": 1.5, "num_samples": 2}
+    assert recon.sampling_settings("ddim", 3, 1.0, 5) == {"sampler": "ddim", "steps": 3,
+                                                          "guidance_scale": 1.0,
+                                                          "num_samples": 5}
+    assert recon.sampling_settings(steps=4)["sampler"] == "ddpm"
+    with pytest.raises(ValueError, match="sampler"):
+        recon.sampling_settings("euler")
+    with pytest.raises(ValueError, match="num_samples"):
+        recon.sampling_settings(num_samples=0)
+
+
 def sample_directly(recon, x, name: str, steps: int, seed: int, model_fn=None):
     """What ``recon(x, sampler=name, steps=steps, generator=seed)`` should return as its
     latent (B, C, x, y, z), from the public pieces: the starting noise drawn first from
