@@ -84,10 +84,14 @@ class ProjectionLoss:
         xray_scale: float,
         step: float = 1.0,
         weighting: str = "alpha_bar",
-        checkpointing: bool = True,
+        checkpointing: bool | None = None,
         background_sigma_px: float | None = None,
     ):
-        """``background_sigma_px``: compare residuals without their smooth part
+        """``checkpointing``: recompute the decoder in the backward pass instead of keeping
+        its activations; None: only when the autoencoder does not checkpoint its own blocks
+        (``gradient_checkpointing``), since a checkpoint around block checkpoints saves no
+        more memory and runs the whole decoder a third time.
+        ``background_sigma_px``: compare residuals without their smooth part
         (:func:`remove_background`), for X-rays that hold more than the field (whole-body
         radiographs); None compares them whole."""
         self.autoencoder = autoencoder
@@ -98,7 +102,9 @@ class ProjectionLoss:
         self.xray_scale = float(xray_scale)
         self.step = float(step)
         self.weighting = weighting
-        self.checkpointing = checkpointing
+        if checkpointing is None:
+            checkpointing = not getattr(autoencoder.config, "gradient_checkpointing", False)
+        self.checkpointing = bool(checkpointing)
         self.background_sigma_px = background_sigma_px
         timestep_weight(torch.ones(1) * 0.5, weighting)  # validates the name
 

@@ -252,7 +252,9 @@ def run_train_benchmark(
                                             backend != "off", projection_samples)
                     seconds, peak = _measure(step, device, reps)
                 del step
-                if device.type == "cuda":
+                if accelerator is not None:  # prepare() keeps every model and optimiser
+                    accelerator.free_memory()  # (and empties the CUDA cache)
+                elif device.type == "cuda":
                     torch.cuda.empty_cache()
                 cases.append(TrainCase(stage, backend, int(batch), seconds, peak, precision,
                                        volume, processes))

@@ -190,6 +190,35 @@ def test_autoencoder_checkpointing_gives_the_same_gradients_and_recomputes():
     assert calls[0] == 5  # without gradients, once
 
 
+def test_projection_loss_does_not_checkpoint_a_block_checkpointed_decoder_again():
+    """Through the projection loss the latent's gradient is the plain decoder's, and each
+    decoder block runs twice (forward, recompute): a whole-decoder checkpoint around block
+    checkpoints would run it a third time for no memory saved."""
+    from x2ct.diffusion import ProjectionLoss
+
+    cfg = AutoencoderConfig(kind="kl", channels=(4, 8, 8), latent_channels=4,
+                            norm_num_groups=4, attention_levels=(False,) * 3)
+    torch.manual_seed(0)
+    plain = CTAutoencoder(cfg).eval().requires_grad_(False)
+    ckpt = CTAutoencoder(cfg.replace(gradient_checkpointing=True)).eval().requires_grad_(False)
+    ckpt.load_state_dict(plain.state_dict())
+    shape = (16, 16, 16)
+    geometry = default_geometry(shape, cfg.spacing, (8, 8))
+    xrays = torch.rand(1, 2, 8, 8, generator=torch.Generator().manual_seed(2))
+    z0 = torch.randn(1, 4, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    grads, runs = [], []
+    for ae, checkpointing in ((plain, None), (ckpt, None), (ckpt, True)):
+        loss = ProjectionLoss(ae, geometry, shape, 1.0, checkpointing=checkpointing)
+        calls = _count_calls([ae.net.decoder.blocks[1].conv1])
+        z = z0.clone().requires_grad_(True)
+        loss.per_sample(z, xrays).sum().backward()
+        grads.append(z.grad)
+        runs.append(calls[0])
+    assert runs == [2, 2, 3]  # plain: the loss checkpoints the decoder; block-checkpointed: not
+    for g in grads[1:]:
+        torch.testing.assert_close(g, grads[0], rtol=1e-5, atol=1e-7)
+
+
 def test_tiny_helpers_are_not_checkpointed():
     """The tiny configs keep the plain path (checkpointing is the base recipe's)."""
     assert "gradient_checkpointing" not in TINY

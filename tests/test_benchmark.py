@@ -202,6 +202,28 @@ def test_train_benchmark_through_accelerate(tiny_model, tmp_path, fresh_accelera
         benchmark.main(["train", "--model", str(tiny_model), "--crop", "6"])
 
 
+def test_train_benchmark_lets_each_case_go_from_the_accelerator(fresh_accelerator_state):
+    """Accelerate keeps every prepared model and optimiser: without releasing them, each
+    case's peak would hold all earlier cases' networks."""
+    from accelerate import Accelerator
+
+    from x2ct.eval.train_benchmark import run_train_benchmark
+
+    accelerator = Accelerator(cpu=True)
+    held, prepare = [], accelerator.prepare
+
+    def spy(*objects):
+        out = prepare(*objects)
+        held.append(len(accelerator._models))
+        return out
+
+    accelerator.prepare = spy
+    cases = run_train_benchmark(tiny_reconstructor(seed=0), batch_sizes=(1, 2), stages=["latent"],
+                                backends=["off"], reps=1, accelerator=accelerator)
+    assert [c.batch for c in cases] == [1, 2]
+    assert held == [1, 1]
+
+
 def test_memory_per_sample_is_the_slope_over_batch_sizes():
     from x2ct.eval.train_benchmark import TrainCase, memory_per_sample
 
