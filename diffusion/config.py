@@ -62,7 +62,7 @@ class LatentDiffusionConfig:
     num_res_blocks: int = 1  # residual blocks per level
     num_head_channels: int = 16  # channels per attention head (heads = channels / this)
     norm_num_groups: int = 16  # GroupNorm groups; divides every channel count
-    # activation checkpointing of the UNet's blocks in training (diffusion/checkpointing.py):
+    # activation checkpointing of the UNet's blocks in training (x2ct/checkpointing.py):
     # activations recomputed in the backward pass instead of kept; no effect at inference
     gradient_checkpointing: bool = False
     # --- X-ray encoder: a 2-D network shared by both views

@@ -92,11 +92,11 @@ def projector(args) -> int:
 
 
 # --------------------------------------------------------------------------- pipelines
-def _pipeline(args, device: str | None = None):
+def _pipeline(args):
     """The Reconstructor to time: a saved one (--model) or a random one of named sizes."""
     from x2ct.eval.reconstruct_benchmark import build_pipeline
 
-    device = args.device if device is None else device
+    device = args.device
     _check_device(device)
     if args.model is not None:
         from x2ct.diffusion import Reconstructor
@@ -150,17 +150,20 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
 
 
 def _report_pipeline(args, name: str, cases, table_md: str, setting: dict, series_of,
-                     xlabel: str, plot_title: str, device: str | None = None) -> int:
+                     xlabel: str, plot_title: str) -> int:
     """Print the markdown table; with --json and --plot write the cases (as benchmark
     ``name``) and their plot. ``series_of(case)`` -> (series name, (x, seconds, peak MB))."""
-    device = str(args.device if device is None else device)
+    device = str(args.device)
     print(table_md)
+    if torch.device(device).type == "cuda":  # each case reset CUDA's peak: the largest
+        process_peak = max((c.peak_mb for c in cases), default=None)
+    else:  # VmHWM: the whole process's, weights and all
+        process_peak = peak_memory_mb(device)
     if args.json:
         _write_json(args.json, {
             "benchmark": name, "machine": machine(device), "device": device,
             "torch": torch.__version__, "memory": memory_note(device), **setting,
-            # the whole process's peak (CPU: VmHWM, weights and all; CUDA: max allocated)
-            "process_peak_mb": peak_memory_mb(device),
+            "process_peak_mb": process_peak,
             "cases": [c.row() for c in cases],
         })
     if args.plot:
@@ -198,14 +201,15 @@ def train(args) -> int:
     from x2ct.eval.train_benchmark import run_train_benchmark
 
     accelerator = None
-    device = args.device
     if args.accelerate:  # as the training scripts run: prepared, its autocast and backward
         from accelerate import Accelerator
 
         mixed = {"fp32": "no"}.get(args.precision, args.precision)
-        accelerator = Accelerator(mixed_precision=mixed, cpu=torch.device(device).type == "cpu")
-        device = accelerator.device
-    recon, described, setting = _pipeline(args, str(device))
+        accelerator = Accelerator(mixed_precision=mixed,
+                                  cpu=torch.device(args.device).type == "cpu")
+        args.device = str(accelerator.device)  # this process's device (one per GPU)
+    device = args.device
+    recon, described, setting = _pipeline(args)
     try:
         cases = run_train_benchmark(recon, args.batch_sizes, args.stages, args.projections,
                                     args.reps, args.seed, args.precision, args.crop,
@@ -223,7 +227,7 @@ def train(args) -> int:
     return _report_pipeline(
         args, "train", cases, table(cases, title), setting,
         lambda c: (f"{c.stage}, projection {c.projection}", (c.batch, c.step_s, c.peak_mb)),
-        "batch size", f"One training step, {machine(device)}", device)
+        "batch size", f"One training step, {machine(device)}")
 
 
 # --------------------------------------------------------------------------- command line

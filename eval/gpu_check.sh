@@ -45,7 +45,6 @@ if [[ $MODE == gpu ]] && ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.
 fi
 GPUS=0
 if [[ $MODE == gpu ]]; then GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU'); fi
-if [[ $MODE == gpu ]]; then DEVICE=cuda; else DEVICE=cpu; fi
 
 # part NAME LIMIT_S COMMAND...: run under min(LIMIT_S, what is left of the budget), log to
 # $OUT/NAME.log, record "NAME exit-status seconds" in $OUT/status.txt
@@ -66,7 +65,9 @@ part() {
 BENCH=("$PY" eval/benchmark.py)  # (timeout runs programs, not shell functions)
 
 if [[ $MODE == gpu ]]; then
+  # the GPU-marked tests, then the kernel files whole (their GPU tests once, not twice)
   part tests 100 bash -c "'$PY' -m pytest -q -p no:cacheprovider -m gpu tests \
+    --ignore=tests/test_kernels.py --ignore=tests/test_kernels_compiled.py \
     && '$PY' -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_kernels_compiled.py"
   part projector 80 "${BENCH[@]}" projector --size 256 --detector 256 --device cuda \
     --dtypes float32 bfloat16 --reps 10 --json "$OUT/projector.json"

@@ -39,11 +39,16 @@ def _load(out: Path, name: str) -> dict | None:
         return None
 
 
-def _failed(name: str, rc: str, seconds: int) -> str:
+def _why(name: str, rc: str, seconds: int) -> str:
+    """What became of a part that did not exit 0."""
     if rc == "skipped":
-        return f"| {name} | - | skipped: the time budget was spent | - | - | - |"
+        return "skipped: the time budget was spent"
     why = "timed out" if rc.isdigit() and int(rc) in TIMEOUT else f"failed (exit {rc})"
-    return f"| {name} | - | {why} after {seconds} s, see {name}.log | - | - | - |"
+    return f"{why} after {seconds} s, see {name}.log"
+
+
+def _failed(name: str, rc: str, seconds: int) -> str:
+    return f"| {name} | - | {_why(name, rc, seconds)} | - | - | - |"
 
 
 def _met(ok: bool | None, judge: bool) -> str:
@@ -59,6 +64,8 @@ def _tests_row(out: Path, rc: str, seconds: int, judge: bool) -> str:
                            flags=re.M)
     result = "; ".join(summaries) if summaries else "no pytest summary"
     ok = rc == "0" and bool(summaries) and not re.search(r"failed|error", result)
+    if rc != "0":
+        result += f"; {_why('tests', rc, seconds)}"
     return (f"| tests | `-m gpu`, tests/test_kernels*.py | {result} ({seconds} s) | - | "
             f"all pass | {_met(ok, judge)} |")
 
@@ -109,26 +116,26 @@ def _recon_rows(name: str, r: dict, judge: bool, target: tuple[float, float] | N
 
 
 def _train_rows(name: str, t: dict, judge: bool) -> list[str]:
-    from x2ct.eval.train_benchmark import TrainCase, memory_per_sample, per_sample_text
+    from x2ct.eval.train_benchmark import (
+        TrainCase,
+        memory_per_sample,
+        per_sample_text,
+        volume_text,
+    )
 
-    rows, cases = [], []
-    for c in t["cases"]:
-        volume = tuple(c["volume"]) if c.get("volume") else None
-        cases.append(TrainCase(c["stage"], c["projection"], c["batch"], c["step_s"],
-                               c["peak_mb"], c["precision"], volume, c.get("processes", 1)))
+    rows, cases = [], [TrainCase.from_row(c) for c in t["cases"]]
     for c in cases:
-        vol = "x".join(map(str, c.volume)) if c.volume else "-"
         batch = f"{c.batch} x {c.processes} processes" if c.processes > 1 else f"{c.batch}"
         goal, ok = "-", None
         if c.stage == "latent" and c.batch == 2 and c.volume == (128, 128, 128):
             goal, ok = "< 40 GB at batch 2", c.peak_mb < 40 * 1024
-        rows.append(f"| {name} | {t['config']}, {c.stage} on {vol}, projection {c.projection}, "
-                    f"{c.precision}, batch {batch} | {c.samples_per_s:.3g} samples/s "
-                    f"({c.step_s:.3f} s / step) | {c.peak_mb:.0f} | {goal} | {_met(ok, judge)} |")
+        rows.append(f"| {name} | {t['config']}, {c.stage} on {volume_text(c.volume)}, "
+                    f"projection {c.projection}, {c.precision}, batch {batch} | "
+                    f"{c.samples_per_s:.3g} samples/s ({c.step_s:.3f} s / step) | "
+                    f"{c.peak_mb:.0f} | {goal} | {_met(ok, judge)} |")
     for (stage, proj, prec, volume), mb in memory_per_sample(cases).items():
-        vol = "x".join(map(str, volume)) if volume else "-"
-        rows.append(f"| {name} | {stage} on {vol}, projection {proj}, {prec}: memory per "
-                    f"further sample | {per_sample_text(mb)} | - | - | - |")
+        rows.append(f"| {name} | {stage} on {volume_text(volume)}, projection {proj}, {prec}: "
+                    f"memory per further sample | {per_sample_text(mb)} | - | - | - |")
     return rows
 
 
@@ -137,8 +144,9 @@ def report(out: Path, mode: str = "gpu", gpus: int = 1) -> str:
     out = Path(out)
     status = _status(out)
     judge = mode == "gpu"
-    machine = next((d["machine"] for d in (_load(out, p) for p in PARTS[1:]) if d), "unknown")
-    torch_version = next((d["torch"] for d in (_load(out, p) for p in PARTS[1:]) if d), "?")
+    data = {p: _load(out, p) for p in PARTS[1:]}  # read once
+    machine = next((d["machine"] for d in data.values() if d), "unknown")
+    torch_version = next((d["torch"] for d in data.values() if d), "?")
     lines = [f"GPU check ({mode}) on {machine}, {gpus} GPU(s) listed, torch {torch_version}; "
              "peak MB: torch.cuda.max_memory_allocated on a GPU (weights included), "
              "resident-set growth on a CPU" + ("" if judge else "; targets not judged on a CPU"),
@@ -148,21 +156,19 @@ def report(out: Path, mode: str = "gpu", gpus: int = 1) -> str:
         if name not in status:
             continue
         rc, seconds = status[name]
-        data = _load(out, name)
-        if name == "tests":
+        if name == "tests":  # its row says "no" and where the log is when they failed
             lines.append(_tests_row(out, rc, seconds, judge))
-            if rc != "0":
-                lines.append(_failed(name, rc, seconds))
             continue
-        if rc != "0" or data is None:
+        part = data.get(name)
+        if rc != "0" or part is None:
             lines.append(_failed(name, rc, seconds))
             continue
         if name == "projector":
-            lines += _projector_rows(data, judge)
+            lines += _projector_rows(part, judge)
         elif name.startswith("recon"):
-            lines += _recon_rows(name, data, judge, (2.0, 4096.0) if name == "recon_base" else None)
+            lines += _recon_rows(name, part, judge, (2.0, 4096.0) if name == "recon_base" else None)
         else:
-            lines += _train_rows(name, data, judge)
+            lines += _train_rows(name, part, judge)
     return "\n".join(lines) + "\n"
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from x2ct.eval.memory import PeakMemory
 
 __all__ = ["STAGES", "TrainCase", "markdown_table", "memory_per_sample", "per_sample_text",
            "projection_backends",
-           "run_train_benchmark"]
+           "run_train_benchmark", "volume_text"]
 
 STAGES = ("autoencoder", "latent")
 
@@ -57,6 +57,20 @@ class TrainCase:
 
     def row(self) -> dict:
         return {**asdict(self), "samples_per_s": self.samples_per_s}
+
+    @classmethod
+    def from_row(cls, row: dict) -> TrainCase:
+        """The case a :meth:`row` was made from (read back from the benchmark's JSON)."""
+        names = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in row.items() if k in names}
+        if kwargs.get("volume") is not None:
+            kwargs["volume"] = tuple(kwargs["volume"])
+        return cls(**kwargs)
+
+
+def volume_text(volume: Sequence[int] | None) -> str:
+    """"128x128x128", or "-" where no volume was recorded."""
+    return "x".join(map(str, volume)) if volume else "-"
 
 
 def memory_per_sample(cases: Sequence[TrainCase]) -> dict[tuple, float]:
@@ -265,14 +279,13 @@ def markdown_table(cases: Sequence[TrainCase], title: str) -> str:
     lines = [title, "", "| stage | volume | projection loss | precision | batch | samples / s | "
              "s / step | peak MB |", "|---|---|---|---|---:|---:|---:|---:|"]
     for c in cases:
-        volume = "x".join(map(str, c.volume)) if c.volume else "-"
         batch = f"{c.batch} x {c.processes}" if c.processes > 1 else f"{c.batch}"
-        lines.append(f"| {c.stage} | {volume} | {c.projection} | {c.precision} | {batch} | "
-                     f"{c.samples_per_s:.3g} | {c.step_s:.3g} | {c.peak_mb:.0f} |")
+        lines.append(f"| {c.stage} | {volume_text(c.volume)} | {c.projection} | {c.precision} "
+                     f"| {batch} | {c.samples_per_s:.3g} | {c.step_s:.3g} | {c.peak_mb:.0f} |")
     slopes = memory_per_sample(cases)
     if slopes:
         lines += ["", "Peak memory per further sample of a batch (slope over the batch sizes):", ""]
         for (stage, proj, prec, volume), mb in slopes.items():
-            vol = "x".join(map(str, volume)) if volume else "-"
-            lines.append(f"- {stage}, {vol}, projection {proj}, {prec}: {per_sample_text(mb)}")
+            lines.append(f"- {stage}, {volume_text(volume)}, projection {proj}, {prec}: "
+                         f"{per_sample_text(mb)}")
     return "\n".join(lines)

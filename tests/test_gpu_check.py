@@ -102,8 +102,10 @@ def test_report_judges_the_targets(tmp_path, good):
     targets = [r for r in table.splitlines() if r.startswith("| ") and ("<" in r.split("|")[5])]
     assert len(targets) == 5, table  # 3 projector, reconstruction, training at batch 2
     assert all(r.rstrip().endswith(f"| {want} |") for r in targets), table
-    tests_row = next(r for r in table.splitlines() if r.startswith("| tests |"))
-    assert tests_row.rstrip().endswith(f"| {'yes' if good else '**no**'} |")
+    tests_rows = [r for r in table.splitlines() if r.startswith("| tests |")]
+    assert len(tests_rows) == 1  # failed tests: one row, naming the log
+    assert tests_rows[0].rstrip().endswith(f"| {'yes' if good else '**no**'} |")
+    assert ("failed (exit 1) after 12 s, see tests.log" in tests_rows[0]) == (not good)
     assert "recon_tiny | - | timed out after 40 s" in table  # a part that ran out of time
     assert "NVIDIA H200" in table.splitlines()[0]
     if good:  # peaks 10, 30, 70 GB at batch 1, 2, 4: each further sample adds 20 GB

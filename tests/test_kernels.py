@@ -6,18 +6,16 @@ library on import and our kernels on theirs, reading the variable then); with CU
 same tiny tests run the compiled kernels on the GPU, plus one larger GPU-only comparison.
 """
 
-import os
-
 import pytest
 import torch
+from kernel_helpers import DEVICE, KERNELS_RUN, ON_GPU
+from kernel_helpers import rel as _rel
 
 from x2ct.kernels import raymarch
 from x2ct.projector import Geometry, project, view_vectors
 from x2ct.projector.reference import backward_reference, forward_reference
 
-ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
-DEVICE = "cuda" if ON_GPU else "cpu"
-if not ON_GPU and os.environ.get("TRITON_INTERPRET") != "1":  # pragma: no cover
+if not KERNELS_RUN:  # pragma: no cover
     pytest.skip("no CUDA and TRITON_INTERPRET is not 1", allow_module_level=True)
 
 
@@ -34,11 +32,6 @@ def _case(shape, spacing, parallel, seed=0, batch=2, detector=(5, 7)):
         shape, spacing, detector_shape=detector, angles=ANGLES, parallel=parallel, margin=1.3
     )
     return mu, geometry
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Largest difference relative to the largest reference value."""
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
 
 
 def _launch_args(geometry, spacing):

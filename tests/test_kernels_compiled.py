@@ -9,23 +9,17 @@ and the 2**31-voxel test is skipped. ``bash eval/gpu_check.sh`` runs this file o
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from kernel_helpers import DEVICE, KERNELS_RUN, ON_GPU
+from kernel_helpers import rel as _rel
 
 from x2ct.kernels import raymarch
 from x2ct.projector import Geometry, project_views, view_vectors
 from x2ct.projector.reference import backward_reference, forward_reference
 
-ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
-DEVICE = "cuda" if ON_GPU else "cpu"
-if not ON_GPU and os.environ.get("TRITON_INTERPRET") != "1":  # pragma: no cover
+if not KERNELS_RUN:  # pragma: no cover
     pytest.skip("no CUDA and TRITON_INTERPRET is not 1", allow_module_level=True)
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
 
 
 def _smooth_volume(batch, shape, seed=0, dtype=torch.float32):
