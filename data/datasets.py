@@ -15,6 +15,7 @@ Splits are deterministic per id (:func:`split_ids`): adding cases never moves ot
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -277,9 +278,11 @@ def case_code_files() -> list[Path]:
     return files
 
 
+@functools.cache
 def case_code_version() -> str:
     """A hash of the code that makes cases (:func:`case_code_files`): cached cases and
-    latents made by older code are never reused."""
+    latents made by older code are never reused. Computed once per process (every case's
+    cache key asks for it; the code does not change under a running process)."""
     h = hashlib.sha256()
     for f in case_code_files():
         h.update(f.name.encode())

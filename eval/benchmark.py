@@ -155,11 +155,11 @@ def _report_pipeline(args, name: str, cases, table_md: str, setting: dict, serie
     ``name``) and their plot. ``series_of(case)`` -> (series name, (x, seconds, peak MB))."""
     device = str(args.device)
     print(table_md)
-    if torch.device(device).type == "cuda":  # each case reset CUDA's peak: the largest
-        process_peak = max((c.peak_mb for c in cases), default=None)
-    else:  # VmHWM: the whole process's, weights and all
-        process_peak = peak_memory_mb(device)
     if args.json:
+        if torch.device(device).type == "cuda":  # each case reset CUDA's peak: the largest
+            process_peak = max((c.peak_mb for c in cases), default=None)
+        else:  # VmHWM: the whole process's, weights and all
+            process_peak = peak_memory_mb(device)
         _write_json(args.json, {
             "benchmark": name, "machine": machine(device), "device": device,
             "torch": torch.__version__, "memory": memory_note(device), **setting,
