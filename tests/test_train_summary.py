@@ -58,6 +58,9 @@ def test_words_of_the_budget():
     assert budget_line(0, 100_000, 5.0).startswith(
         "training for 5:00 (m:ss) or until step 100000, whichever comes first, from scratch")
     assert "from step 7" in budget_line(7, 10, None)
+    assert "from the weights of models/ldm-tiny" in budget_line(0, 10, None, "models/ldm-tiny")
+    # a resumed run continues its own checkpoint, whatever --init-from says
+    assert "from step 7" in budget_line(7, 10, None, "models/ldm-tiny")
 
 
 def test_comparison_table_and_recommendation():

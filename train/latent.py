@@ -600,7 +600,8 @@ def main(argv=None) -> Path:
         return scores
 
     # ---- loop
-    accelerator.print(budget_line(counter.step, args.max_steps, args.max_minutes))
+    accelerator.print(budget_line(counter.step, args.max_steps, args.max_minutes,
+                                  args.init_from))
     deadline = Deadline(args.max_minutes)
     bar = BudgetBar("latent diffusion", counter.step, args.max_steps, deadline.end,
                     disable=not accelerator.is_local_main_process)

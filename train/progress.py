@@ -26,14 +26,19 @@ def format_seconds(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def budget_line(step: int, max_steps: int, minutes: float | None) -> str:
-    """What a run will do, said before it starts."""
+def budget_line(step: int, max_steps: int, minutes: float | None,
+                init_from: str | None = None) -> str:
+    """What a run will do, said before it starts (``init_from``: the model whose weights a
+    new run starts from, ``--init-from``)."""
     if minutes is None:
         until = f"until step {max_steps}"
     else:
         until = (f"for {format_seconds(60 * minutes)} (m:ss) or until step {max_steps}, "
                  "whichever comes first")
-    start = f"from step {step}" if step else "from scratch"
+    if step:
+        start = f"from step {step}"
+    else:
+        start = f"from the weights of {init_from}" if init_from else "from scratch"
     return f"training {until}, {start}; rerun the same command to continue"
 
 
