@@ -11,7 +11,8 @@
 # but lumbar. Each builds its phantoms and the mean CT's anew, so parts may run side by side.
 #
 # Most of the time goes to building whole-body phantoms (single-threaded): on a 2-core CPU
-# two instances with different parts and OMP_NUM_THREADS=1 finish sooner than one.
+# two instances with different parts and OMP_NUM_THREADS=1 finish sooner than one. Two cases a
+# call: with the model's 16 samples that is 32 volumes decoded at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-models/ldm-tiny}
@@ -24,7 +25,7 @@ run() {  # run NAME ARGS...: one evaluation into OUT/NAME, its log beside it
   local name=$1; shift
   echo "== $name"
   "$PY" eval/evaluate.py --model "ldm=$MODEL" --baseline mean-ct --no-lpips --fid-net none \
-    --no-progress --batch-size 5 --out "$OUT/$name" "$@" > "$OUT/$name.log" 2>&1 \
+    --no-progress --batch-size 2 --out "$OUT/$name" "$@" > "$OUT/$name.log" 2>&1 \
     || { echo "$name failed: see $OUT/$name.log" >&2; exit 1; }
   grep -A3 "^| method" "$OUT/$name/table.md" || true
 }
