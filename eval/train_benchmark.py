@@ -239,6 +239,12 @@ def run_train_benchmark(
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if accelerator is not None:  # its autocast runs: the label must say what it runs
+        mixed = str(accelerator.mixed_precision)
+        if {"no": "fp32"}.get(mixed, mixed) != precision:
+            raise ValueError(
+                f"precision {precision!r}, but the accelerator runs mixed precision {mixed!r}: "
+                f"pass the precision it runs, or an Accelerator(mixed_precision=...) to match")
     device = recon.device if accelerator is None else accelerator.device
     recon = recon.to(device)
     backends = projection_backends(device) if backends is None else list(backends)

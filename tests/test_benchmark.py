@@ -224,6 +224,24 @@ def test_train_benchmark_lets_each_case_go_from_the_accelerator(fresh_accelerato
     assert held == [1, 1]
 
 
+def test_train_benchmark_refuses_a_precision_its_accelerator_does_not_run(
+    fresh_accelerator_state,
+):
+    """Through an Accelerator the step runs the accelerator's autocast: a table row labelled
+    bf16 must not have been timed in fp32."""
+    from accelerate import Accelerator
+
+    from x2ct.eval.train_benchmark import run_train_benchmark
+
+    accelerator = Accelerator(cpu=True)  # mixed precision "no": fp32
+    prepared = []
+    accelerator.prepare = lambda *objects: prepared.append(objects) or objects
+    with pytest.raises(ValueError, match="precision 'bf16', but the accelerator runs .*'no'"):
+        run_train_benchmark(tiny_reconstructor(seed=0), stages=["latent"], backends=["off"],
+                            reps=1, precision="bf16", accelerator=accelerator)
+    assert prepared == []  # refused before any network was built
+
+
 def test_memory_per_sample_is_the_slope_over_batch_sizes():
     from x2ct.eval.train_benchmark import TrainCase, memory_per_sample
 
