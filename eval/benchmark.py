@@ -28,7 +28,13 @@ import torch
 
 from x2ct.cli import InputError, run_main
 from x2ct.clihelp import HelpFormatter
-from x2ct.eval.memory import PRECISIONS, device_name, memory_note, peak_memory_mb
+from x2ct.eval.memory import (
+    PRECISIONS,
+    accelerate_precision,
+    device_name,
+    memory_note,
+    peak_memory_mb,
+)
 from x2ct.eval.projector_benchmark import (
     describe_setting,
     markdown_table,
@@ -204,8 +210,7 @@ def train(args) -> int:
     if args.accelerate:  # as the training scripts run: prepared, its autocast and backward
         from accelerate import Accelerator
 
-        mixed = {"fp32": "no"}.get(args.precision, args.precision)
-        accelerator = Accelerator(mixed_precision=mixed,
+        accelerator = Accelerator(mixed_precision=accelerate_precision(args.precision),
                                   cpu=torch.device(args.device).type == "cpu")
         args.device = str(accelerator.device)  # this process's device (one per GPU)
     device = args.device

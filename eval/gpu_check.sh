@@ -86,21 +86,22 @@ if [[ $MODE == gpu ]]; then
       --stages latent --batch-sizes 2 --projections triton --precision bf16 --accelerate \
       --reps 3 --device cuda --json "$OUT/train_2gpu.json"
   fi
-else  # the CPU rehearsal: every command and flag above, tiny sizes; time limits wide (it
+else  # the CPU rehearsal: every command and flag above, tiny sizes; one wide time limit (it
       # checks commands, not speed, and a shared CPU may be slow)
-  part tests 600 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_kernels.py \
+  CPU_LIMIT=600
+  part tests $CPU_LIMIT "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_kernels.py \
     tests/test_kernels_compiled.py
-  part projector 600 "${BENCH[@]}" projector --size 16 --detector 8 --device cpu --dtypes float32 \
-    --reps 1 --json "$OUT/projector.json"
-  part recon_base 600 "${BENCH[@]}" reconstruct --config base --ae-config kl-base-1mm --shape 32 \
-    --samplers ddim --steps 1 --precision fp32 --device cpu --json "$OUT/recon_base.json"
+  part projector $CPU_LIMIT "${BENCH[@]}" projector --size 16 --detector 8 --device cpu \
+    --dtypes float32 --reps 1 --json "$OUT/projector.json"
+  part recon_base $CPU_LIMIT "${BENCH[@]}" reconstruct --config base --ae-config kl-base-1mm \
+    --shape 32 --samplers ddim --steps 1 --precision fp32 --device cpu --json "$OUT/recon_base.json"
   # (one batch size: a CPU's peak memory cannot give the per-sample slope anyway)
-  part train_base 600 "${BENCH[@]}" train --config base --ae-config kl-base-1mm --shape 32 --crop 16 \
-    --batch-sizes 1 --projections torch --precision fp32 --accelerate --reps 1 \
-    --device cpu --json "$OUT/train_base.json"
-  part recon_tiny 600 "${BENCH[@]}" reconstruct --config tiny --ae-config kl-tiny --shape 16 \
-    --samplers ddim --steps 2 --precision fp32 --device cpu --json "$OUT/recon_tiny.json"
-  part train_2gpu 600 "$PY" -m accelerate.commands.launch --cpu --num_processes 1 \
+  part train_base $CPU_LIMIT "${BENCH[@]}" train --config base --ae-config kl-base-1mm \
+    --shape 32 --crop 16 --batch-sizes 1 --projections torch --precision fp32 --accelerate \
+    --reps 1 --device cpu --json "$OUT/train_base.json"
+  part recon_tiny $CPU_LIMIT "${BENCH[@]}" reconstruct --config tiny --ae-config kl-tiny \
+    --shape 16 --samplers ddim --steps 2 --precision fp32 --device cpu --json "$OUT/recon_tiny.json"
+  part train_2gpu $CPU_LIMIT "$PY" -m accelerate.commands.launch --cpu --num_processes 1 \
     eval/benchmark.py train --config tiny --ae-config kl-tiny --shape 16 --stages latent \
     --batch-sizes 2 --projections off --accelerate --reps 1 --device cpu \
     --json "$OUT/train_2gpu.json"

@@ -21,8 +21,8 @@ import time
 
 import torch
 
-__all__ = ["PRECISIONS", "PeakMemory", "PeakRSS", "autocast", "device_name", "memory_note",
-           "peak_memory_mb", "rss_bytes"]
+__all__ = ["PRECISIONS", "PeakMemory", "PeakRSS", "accelerate_precision", "autocast",
+           "device_name", "memory_note", "peak_memory_mb", "rss_bytes"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -140,6 +140,14 @@ def device_name(device: torch.device | str) -> str:
     import platform
 
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def accelerate_precision(precision: str) -> str:
+    """Accelerate's name for a precision: ``Accelerator(mixed_precision=...)``, "no" for
+    fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return "no" if precision == "fp32" else precision
 
 
 def autocast(device: torch.device | str, precision: str = "fp32"):

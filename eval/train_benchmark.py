@@ -235,13 +235,12 @@ def run_train_benchmark(
     device (the accelerator's, when given). The denoiser and autoencoder are rebuilt from
     their configs for training; ``crop`` sets the autoencoder's training volume
     (``crop``^3, train/autoencoder.py --crop), default the whole field."""
-    from x2ct.eval.memory import PRECISIONS
+    from x2ct.eval.memory import accelerate_precision
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    wanted = accelerate_precision(precision)  # a precision it does not know is refused
     if accelerator is not None:  # its autocast runs: the label must say what it runs
         mixed = str(accelerator.mixed_precision)
-        if {"no": "fp32"}.get(mixed, mixed) != precision:
+        if mixed != wanted:
             raise ValueError(
                 f"precision {precision!r}, but the accelerator runs mixed precision {mixed!r}: "
                 f"pass the precision it runs, or an Accelerator(mixed_precision=...) to match")
