@@ -13,6 +13,10 @@
 # Most of the time goes to building whole-body phantoms (single-threaded): on a 2-core CPU
 # two instances with different parts and OMP_NUM_THREADS=1 finish sooner than one. Two cases a
 # call: with the model's 16 samples that is 32 volumes decoded at once.
+#
+# The radiograph and move parts score the lumbar part's first 6 phantoms another way; their
+# targets are differences on the same cases, printed at the end when the lumbar part is in
+# OUT (after side-by-side instances: python -m x2ct.eval.paired OUT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-models/ldm-tiny}
@@ -39,4 +43,8 @@ for part in "${PARTS[@]}"; do
     *) echo "unknown part $part (lumbar thoracic radiograph move metal)" >&2; exit 2 ;;
   esac
 done
+if [[ -f "$OUT/lumbar/cases.csv" ]]; then
+  echo "== the same phantoms: radiograph files and a moved field vs ideal DRRs in place"
+  "$PY" -m x2ct.eval.paired "$OUT"
+fi
 echo "wrote $OUT"
