@@ -6,7 +6,7 @@ place). Their targets are differences on the same cases, so this module matches 
 two ``cases.csv`` files by method and case and reports both means and their difference:
 
     python -m x2ct.eval.paired runs/results            # radiograph and move vs lumbar
-    python -m x2ct.eval.paired runs/results --parts radiograph --metric ssim_3d
+    python -m x2ct.eval.paired runs/results --parts radiograph --metric ssim_3d --digits 3
 """
 
 from __future__ import annotations
@@ -91,12 +91,13 @@ def paired_rows(out_dir: str | os.PathLike, parts: Sequence[str] = PARTS,
 
 
 def paired_table(rows: Sequence[PairedRow], reference: str = "lumbar",
-                 metric: str = "psnr_3d") -> str:
-    """A markdown table of :func:`paired_rows`."""
+                 metric: str = "psnr_3d", digits: int = 2) -> str:
+    """A markdown table of :func:`paired_rows`, values to ``digits`` decimals."""
     lines = [f"| part | method | n | {metric} | {metric} in {reference}, same cases | difference |",
              "|---|---|---:|---:|---:|---:|"]
-    lines += [f"| {r.part} | {r.method} | {r.n} | {r.part_mean:.2f} | {r.reference_mean:.2f} "
-              f"| {r.difference:+.2f} |" for r in rows]
+    d = int(digits)
+    lines += [f"| {r.part} | {r.method} | {r.n} | {r.part_mean:.{d}f} | {r.reference_mean:.{d}f} "
+              f"| {r.difference:+.{d}f} |" for r in rows]
     return "\n".join(lines)
 
 
@@ -107,12 +108,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--parts", nargs="+", default=list(PARTS))
     p.add_argument("--reference", default="lumbar")
     p.add_argument("--metric", default="psnr_3d", help="a column of cases.csv")
+    p.add_argument("--digits", type=int, default=2, help="decimals in the table")
     args = p.parse_args(argv)
     try:
         rows = paired_rows(args.out, args.parts, args.reference, args.metric)
     except (OSError, ValueError) as e:
         p.exit(2, f"error: {e}\n")
-    print(paired_table(rows, args.reference, args.metric))
+    print(paired_table(rows, args.reference, args.metric, args.digits))
 
 
 if __name__ == "__main__":

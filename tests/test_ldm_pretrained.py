@@ -19,11 +19,13 @@ from x2ct.eval.metrics import ct_metrics
 MODEL = Path(__file__).resolve().parents[1] / "models" / "ldm-tiny"
 pytestmark = pytest.mark.skipif(not (MODEL / "config.json").is_file(), reason=f"no {MODEL}")
 # Measured on this 2-core CPU (the model's defaults: DDIM 5 steps, mean of 16 samples,
-# seed 0): 26.45 dB on phantom 90000, 27.93 dB on 90001 moved and turned (28.71 dB in
-# place), 27.87 dB from the radiograph files of 90002; about 1.35 dB below those:
+# seed 0), the 8200-step weights: 26.33 dB on phantom 90000, 27.75 dB on 90001 moved and
+# turned (28.69 dB in place), 29.05 dB from the radiograph files of 90002 (29.01 dB from its
+# DRRs). Thresholds about 1.35 dB below what was measured, never lowered: the first two stay
+# where the 6200-step weights put them (26.45 and 27.93 dB then), 1.2 dB below today's.
 PSNR_HELD_OUT = 25.1
 PSNR_MOVED = 26.5
-PSNR_RADIOGRAPH = 26.5
+PSNR_RADIOGRAPH = 27.7
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,8 @@ def test_pairs_by_case_not_by_order(results):
     assert ssim["ldm"].difference == pytest.approx(0.70 - 0.75)
     table = paired_table(paired_rows(results))
     assert "| radiograph | ldm | 2 | 26.50 | 28.00 | -1.50 |" in table
+    ssim_table = paired_table(paired_rows(results, metric="ssim_3d"), metric="ssim_3d", digits=3)
+    assert "| radiograph | ldm | 2 | 0.700 | 0.750 | -0.050 |" in ssim_table
 
 
 def test_refuses_a_case_the_reference_lacks(results):
