@@ -95,9 +95,9 @@ def paired_table(rows: Sequence[PairedRow], reference: str = "lumbar",
     """A markdown table of :func:`paired_rows`, values to ``digits`` decimals."""
     lines = [f"| part | method | n | {metric} | {metric} in {reference}, same cases | difference |",
              "|---|---|---:|---:|---:|---:|"]
-    d = int(digits)
-    lines += [f"| {r.part} | {r.method} | {r.n} | {r.part_mean:.{d}f} | {r.reference_mean:.{d}f} "
-              f"| {r.difference:+.{d}f} |" for r in rows]
+    d = digits
+    lines += [f"| {r.part} | {r.method} | {r.n} | {r.part_mean:.{d}f} "
+              f"| {r.reference_mean:.{d}f} | {r.difference:+.{d}f} |" for r in rows]
     return "\n".join(lines)
 
 
