@@ -28,6 +28,7 @@ from x2ct.cli import InputError
 from x2ct.diffusion import Reconstructor
 from x2ct.projector import AcquisitionRange
 from x2ct.train.checkpoint import find_latest_checkpoint
+from x2ct.train.gap import GAP_TIMESTEPS
 from x2ct.train.latent import main
 
 
@@ -52,6 +53,13 @@ def test_training_writes_the_pipeline_and_resumes_exactly(
     metrics = json.loads((full / "metrics.json").read_text())
     assert metrics["step"] == 4
     assert set(metrics["val"]) == {"psnr", "ssim", "mae_hu", "projection_error"}
+    # the generalisation gap: diffusion losses on training and validation cases at fixed t
+    gap = metrics["generalisation_gap"]
+    assert set(gap) == {"training", "validation"}
+    for losses in gap.values():
+        assert list(losses) == [str(t) for t in GAP_TIMESTEPS]
+        assert all(0 < v < float("inf") for v in losses.values())
+    assert "diffusion loss at t = " in capsys.readouterr().out
     recon = Reconstructor.from_pretrained(full / "model")
     assert recon.config.latent_size == (4, 4, 4) and recon.config.geometry_aware
     # the recipe's defaults: ranked X-ray input, the acquisitions it was trained on, fields

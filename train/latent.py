@@ -77,6 +77,7 @@ from x2ct.projector import DRR_SCALE, AcquisitionRange
 from x2ct.train.cache import load_latent_cache
 from x2ct.train.checkpoint import resume_latest
 from x2ct.train.ema import EMA
+from x2ct.train.gap import GAP_TIMESTEPS, loss_by_timestep
 from x2ct.train.loop import (
     VAL_SEED_OFFSET,
     add_optimisation_args,
@@ -575,6 +576,39 @@ def main(argv=None) -> Path:
     if accelerator.is_main_process and not args.no_tensorboard:
         tb = accelerator.get_tracker("tensorboard", unwrap=True)
 
+    gap_sets = None  # (training, validation) cases for the generalisation gap, made once
+    latest_gap: dict = {}  # {"training": {t: loss}, "validation": {t: loss}}
+
+    def generalisation_gap(step: int) -> dict:
+        """The EMA model's diffusion loss on as many training cases as validation cases
+        (spread over the training set) and on the validation cases, at GAP_TIMESTEPS, the
+        same noise for both (train/gap.py): logged and printed."""
+        nonlocal gap_sets
+        if gap_sets is None:
+            idx = torch.linspace(0, n_train - 1, len(val)).round().long()
+            with torch.no_grad():
+                val_z = torch.cat([autoencoder.encode(v["ct"][None].to(device)).cpu()
+                                   for v in val])
+            gap_sets = {
+                "training": (latents[idx], drrs[idx].float() / DRR_SCALE, case_views[idx]),
+                "validation": (val_z, torch.stack([v["xrays"] for v in val]),
+                               torch.stack([v["views"] for v in val]) if "views" in val[0]
+                               else None),
+            }
+        gap = {name: loss_by_timestep(ema.model, loss_fn.schedule, *cases, seed=args.seed)
+               for name, cases in gap_sets.items()}
+        accelerator.log({f"gap/{name}_t{t}": v for name, losses in gap.items()
+                         for t, v in losses.items()}, step=step)
+        ts = " / ".join(str(t) for t in GAP_TIMESTEPS)
+        accelerator.print(
+            f"step {step}: diffusion loss at t = {ts}: "
+            + ", ".join(f"{name} cases " + " / ".join(f"{v:.3f}" for v in losses.values())
+                        for name, losses in gap.items())
+            + " (the held-out loss far above the training loss at large t: the model "
+            "recalls its training cases; add distinct cases, --n-train)"
+        )
+        return gap
+
     def validation(step: int) -> dict:
         recon = Reconstructor(ema.model, autoencoder)
         scores, (xr, pred_hu, gt_hu) = validate(recon, val, args.val_steps, args.seed)
@@ -584,6 +618,8 @@ def main(argv=None) -> Path:
             f"ssim {scores['ssim']:.4f}, mae {scores['mae_hu']:.1f} HU, "
             f"projection {scores['projection_error']:.4f}"
         )
+        if config.objective != "regression":  # a regressor sees no noise: no timesteps
+            latest_gap.update(generalisation_gap(step))
         fig = reconstruction_figure(
             xr,
             pred_hu,
@@ -682,6 +718,11 @@ def main(argv=None) -> Path:
         use, closing = run.model, None
         if args.n_val > 0:
             metrics["val"] = validation(counter.step)
+            if latest_gap:
+                metrics["generalisation_gap"] = {
+                    name: {str(t): v for t, v in losses.items()}
+                    for name, losses in latest_gap.items()
+                }
             accelerator.print("scoring the mean training CT and the shipped model on the same "
                               "cases")
             mean_hu = mean_training_ct(train_set, ae_config.hu_window,
