@@ -6,9 +6,10 @@ X-rays and recall its latent rather than read the anatomy off them. Training los
 cannot tell: it falls either way. At a high noise level (t near T - 1, where the output
 is the one-pass posterior mean that the sampler's first step and PSNR depend on) a model
 that recalls scores far better on the cases it was trained on than on new ones. For
-``models/ldm-tiny`` after 8200 steps on 640 cases, on 24 training cases and 24 held-out
-cases drawn the same way: 0.29 against 0.46 at t = 999 and 0.26 against 0.42 at t = 800,
-but 0.30 against 0.32 at t = 50. More distinct phantoms (``--n-train``) closed most of it.
+the 8200-step ``ldm-tiny`` (640 cases of 320 phantoms), on 24 of its training cases and 24
+held-out cases drawn the same way: 0.30 against 0.46 at t = 999 and 0.28 against 0.42 at
+t = 800, but 0.31 against 0.32 at t = 50. Four times the phantoms (``--n-train 1280``) and
+2150 more steps: 0.32 against 0.42 at t = 999 (models/ldm-tiny/README.md).
 
 Every case gets the same noise (``seed``) and the same timesteps on both sides, so the two
 losses differ only by the cases. Held-out cases should be drawn as the training cases are

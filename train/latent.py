@@ -604,8 +604,8 @@ def main(argv=None) -> Path:
             f"step {step}: diffusion loss at t = {ts}: "
             + ", ".join(f"{name} cases " + " / ".join(f"{v:.3f}" for v in losses.values())
                         for name, losses in gap.items())
-            + " (the held-out loss far above the training loss at large t: the model "
-            "recalls its training cases; add distinct cases, --n-train)"
+            + " (a validation loss far above the training loss at large t says the model "
+            "recalls its training cases: add distinct cases, --n-train)"
         )
         return gap
 
