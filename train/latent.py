@@ -718,11 +718,8 @@ def main(argv=None) -> Path:
         use, closing = run.model, None
         if args.n_val > 0:
             metrics["val"] = validation(counter.step)
-            if latest_gap:
-                metrics["generalisation_gap"] = {
-                    name: {str(t): v for t, v in losses.items()}
-                    for name, losses in latest_gap.items()
-                }
+            if latest_gap:  # json writes the integer timesteps as string keys
+                metrics["generalisation_gap"] = latest_gap
             accelerator.print("scoring the mean training CT and the shipped model on the same "
                               "cases")
             mean_hu = mean_training_ct(train_set, ae_config.hu_window,
