@@ -578,6 +578,7 @@ def main(argv=None) -> Path:
 
     gap_sets = None  # (training, validation) cases for the generalisation gap, made once
     latest_gap: dict = {}  # {"training": {t: loss}, "validation": {t: loss}}
+    validated: dict = {}  # {step: scores}: the last step validated, reused at the end
 
     def generalisation_gap(step: int) -> dict:
         """The EMA model's diffusion loss on as many training cases as validation cases
@@ -633,6 +634,8 @@ def main(argv=None) -> Path:
         if tb is not None:
             tb.add_figure("val/reconstruction", fig, global_step=step, close=False)
         save_figure(fig, run.figures / f"val_step_{step:07d}.png", dpi=90)
+        validated.clear()
+        validated[step] = scores
         return scores
 
     # ---- loop
@@ -717,7 +720,8 @@ def main(argv=None) -> Path:
         }
         use, closing = run.model, None
         if args.n_val > 0:
-            metrics["val"] = validation(counter.step)
+            # the loop validated the last step already when it fell on --val-every
+            metrics["val"] = validated.get(counter.step) or validation(counter.step)
             if latest_gap:  # json writes the integer timesteps as string keys
                 metrics["generalisation_gap"] = latest_gap
             accelerator.print("scoring the mean training CT and the shipped model on the same "
