@@ -22,7 +22,25 @@ from x2ct.diffusion.config import LatentDiffusionConfig
 from x2ct.diffusion.projection_loss import ProjectionLoss, timestep_weight
 from x2ct.diffusion.schedule import NoiseSchedule
 
-__all__ = ["DiffusionLoss"]
+__all__ = ["DiffusionLoss", "denoising_prediction"]
+
+
+def denoising_prediction(
+    net,
+    schedule: NoiseSchedule,
+    x0: torch.Tensor,
+    eps: torch.Tensor,
+    t: torch.Tensor,
+    xrays: torch.Tensor,
+    views: torch.Tensor | None = None,
+    drop: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the denoiser is asked, in one place: x_t = add_noise(x0, eps, t), the network's
+    output at (x_t, t) given the X-rays (float) and the schedule's target for it. Returns
+    (x_t, output, target); DiffusionLoss draws t, eps and drop, train/gap.py fixes them."""
+    x_t = schedule.add_noise(x0, eps, t)
+    out = net(x_t, t, xrays, drop=drop, views=views).float()
+    return x_t, out, schedule.target(x0, eps, t)
 
 
 class DiffusionLoss:
@@ -58,9 +76,10 @@ class DiffusionLoss:
         t = self.schedule.sample_timesteps(b, device=x0.device)
         eps = torch.randn_like(x0)
         drop = torch.rand(b, device=x0.device) < self.config.cond_drop_prob
-        x_t = self.schedule.add_noise(x0, eps, t)
-        out = net(x_t, t, xrays, drop=drop, views=views).float()
-        terms = {"diffusion": F.mse_loss(out, self.schedule.target(x0, eps, t))}
+        x_t, out, target = denoising_prediction(
+            net, self.schedule, x0, eps, t, xrays, views=views, drop=drop
+        )
+        terms = {"diffusion": F.mse_loss(out, target)}
         if self.projection is not None:
             ab = self.schedule.alpha_bar(t)
             k = b if self.projection_samples <= 0 else min(b, self.projection_samples)
@@ -68,9 +87,9 @@ class DiffusionLoss:
             if k < b:  # the k most heavily weighted samples
                 idx = torch.topk(timestep_weight(ab, self.projection.weighting), k).indices
             z0_hat, _ = self.schedule.to_x0_eps(x_t[idx], out[idx], t[idx])
-            target = xrays if drr is None else drr
+            line_integrals = xrays if drr is None else drr
             loss, err = self.projection(
-                z0_hat, target[idx], ab[idx], None if views is None else views[idx]
+                z0_hat, line_integrals[idx], ab[idx], None if views is None else views[idx]
             )
             terms["projection"] = self.config.projection_weight * loss
             terms["projection_l1"] = err.mean()

@@ -21,7 +21,9 @@ class Memoriser(nn.Module):
         self.anchor = nn.Parameter(torch.zeros(()))  # for the device
         self.abar, self.xrays, self.latents = abar, xrays, latents
 
-    def forward(self, x_t, t, xrays, views=None):
+    def forward(self, x_t, t, xrays, drop=None, views=None):
+        # the gap scores the conditioned model: no case may have its X-rays dropped
+        assert drop is None or not bool(drop.any())
         out = torch.zeros_like(x_t)
         for i in range(len(x_t)):
             hit = [j for j in range(len(self.xrays)) if torch.equal(self.xrays[j], xrays[i])]

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from x2ct.diffusion.loss import denoising_prediction
+
 __all__ = ["GAP_TIMESTEPS", "loss_by_timestep"]
 
 GAP_TIMESTEPS = (50, 500, 999)  # low, middle and the sampler's first noise level (T = 1000)
@@ -64,12 +66,10 @@ def loss_by_timestep(
             x0 = z0[i : i + batch_size].float().to(device)
             eps = noise[i : i + batch_size].to(device)
             tt = torch.full((len(x0),), int(t), dtype=torch.long, device=device)
-            pred = net(
-                schedule.add_noise(x0, eps, tt),
-                tt,
-                xrays[i : i + batch_size].to(device),
+            _, pred, target = denoising_prediction(
+                net, schedule, x0, eps, tt, xrays[i : i + batch_size].to(device),
                 views=None if views is None else views[i : i + batch_size].to(device),
-            )
-            total += float(F.mse_loss(pred.float(), schedule.target(x0, eps, tt), reduction="sum"))
+            )  # no condition drop: the gap scores the conditioned model
+            total += float(F.mse_loss(pred, target, reduction="sum"))
         out[int(t)] = total / z0.numel()
     return out
