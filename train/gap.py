@@ -9,8 +9,8 @@ that recalls scores far better on the cases it was trained on than on new ones. 
 the 8200-step ``ldm-tiny`` (640 cases of 320 phantoms), on 24 of its training cases and 24
 held-out cases drawn the same way: 0.30 against 0.46 at t = 999 and 0.28 against 0.42 at
 t = 800, but 0.31 against 0.32 at t = 50. Four times the phantoms (``--n-train 1280``) and
-2150 more steps: 0.32 against 0.42 at t = 999; twice again (2560) and 1800 steps: the
-gap training printed nearly closed, 0.329 against 0.334 (models/ldm-tiny/README.md).
+2150 more steps: 0.32 against 0.42 at t = 999; twice again (2560) and 1800 steps: 0.35
+against 0.40 (models/ldm-tiny/README.md).
 
 Every case gets the same noise (``seed``) and the same timesteps on both sides, so the two
 losses differ only by the cases. Held-out cases should be drawn as the training cases are
