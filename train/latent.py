@@ -578,7 +578,7 @@ def main(argv=None) -> Path:
 
     gap_sets = None  # (training, validation) cases for the generalisation gap, made once
     latest_gap: dict = {}  # {"training": {t: loss}, "validation": {t: loss}}
-    validated: dict = {}  # {step: scores}: the last step validated, reused at the end
+    last_validation: tuple[int, dict] | None = None  # (step, scores), reused at the end
 
     def generalisation_gap(step: int) -> dict:
         """The EMA model's diffusion loss on as many training cases as validation cases
@@ -611,6 +611,7 @@ def main(argv=None) -> Path:
         return gap
 
     def validation(step: int) -> dict:
+        nonlocal last_validation
         recon = Reconstructor(ema.model, autoencoder)
         scores, (xr, pred_hu, gt_hu) = validate(recon, val, args.val_steps, args.seed)
         accelerator.log({f"val/{k}": v for k, v in scores.items()}, step=step)
@@ -634,8 +635,7 @@ def main(argv=None) -> Path:
         if tb is not None:
             tb.add_figure("val/reconstruction", fig, global_step=step, close=False)
         save_figure(fig, run.figures / f"val_step_{step:07d}.png", dpi=90)
-        validated.clear()
-        validated[step] = scores
+        last_validation = (step, scores)
         return scores
 
     # ---- loop
@@ -721,7 +721,9 @@ def main(argv=None) -> Path:
         use, closing = run.model, None
         if args.n_val > 0:
             # the loop validated the last step already when it fell on --val-every
-            metrics["val"] = validated.get(counter.step) or validation(counter.step)
+            metrics["val"] = (last_validation[1] if last_validation is not None
+                              and last_validation[0] == counter.step
+                              else validation(counter.step))
             if latest_gap:  # json writes the integer timesteps as string keys
                 metrics["generalisation_gap"] = latest_gap
             accelerator.print("scoring the mean training CT and the shipped model on the same "
