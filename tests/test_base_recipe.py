@@ -254,16 +254,16 @@ def test_latent_cache_is_memory_mapped_and_still_checked(tmp_path):
     per_case = size_mb * 2**20 // 4 // n
     expected = {}
 
-    def build():
+    def build(cases):
         g = torch.Generator().manual_seed(0)
         out = {"latents": torch.randn(n, per_case, generator=g),
                "views": torch.randn(n, 2, 15, generator=g, dtype=torch.float64)}
         expected.update({k: v[[3, 40]].clone() for k, v in out.items()})
-        return out
+        return {k: v[cases.start : cases.stop] for k, v in out.items()}
 
-    load_latent_cache(accelerator, path, "k", build)  # builds and writes it
+    load_latent_cache(accelerator, path, "k", n, build)  # builds and writes it
     before = _rss_anon_mb()
-    cache = load_latent_cache(accelerator, path, "k", build)  # checks and maps it
+    cache = load_latent_cache(accelerator, path, "k", n, build)  # checks and maps it
     batch = {k: v[[3, 40]] for k, v in cache.items()}  # what a training step reads
     grown = _rss_anon_mb() - before
     assert grown < size_mb / 4, f"{grown:.0f} MB of a {size_mb} MB cache copied into memory"
@@ -275,7 +275,7 @@ def test_latent_cache_is_memory_mapped_and_still_checked(tmp_path):
     data[len(data) // 2 : len(data) // 2 + 4] = bytes.fromhex("0000c07f")  # float32 NaN
     path.write_bytes(bytes(data))
     with pytest.warns(UserWarning, match="rebuilding the latent cache"):
-        load_latent_cache(accelerator, path, "k", build)
+        load_latent_cache(accelerator, path, "k", n, build)
 
 
 @pytest.mark.parametrize("where", [None, 0, 517, 1023])

@@ -559,13 +559,13 @@ def test_latent_cache_is_rebuilt_when_damaged(tmp_path, damage):
     path = tmp_path / "latent_cache.safetensors"
     calls = []
 
-    def build():
+    def build(cases):
         calls.append(1)
-        return {"latents": torch.arange(64.0).reshape(2, 2, 2, 2, 4)}
+        return {"latents": torch.arange(64.0).reshape(2, 2, 2, 2, 4)[cases.start : cases.stop]}
 
-    first = {k: v.clone() for k, v in load_latent_cache(accelerator, path, "k", build).items()}
+    first = {k: v.clone() for k, v in load_latent_cache(accelerator, path, "k", 2, build).items()}
     assert len(calls) == 1
-    torch.testing.assert_close(load_latent_cache(accelerator, path, "k", build), first)
+    torch.testing.assert_close(load_latent_cache(accelerator, path, "k", 2, build), first)
     assert len(calls) == 1  # intact: read back
     data = bytearray(path.read_bytes())
     if damage == "truncated":
@@ -576,9 +576,55 @@ def test_latent_cache_is_rebuilt_when_damaged(tmp_path, damage):
     else:
         path.write_bytes(b"\0" * 100)
     with pytest.warns(UserWarning, match="rebuilding the latent cache"):
-        again = load_latent_cache(accelerator, path, "k", build)
+        again = load_latent_cache(accelerator, path, "k", 2, build)
     assert len(calls) == 2
     torch.testing.assert_close(again, first)
+
+
+def test_latent_cache_is_built_in_parts_and_a_killed_build_resumes(tmp_path):
+    """The cache is built in parts of chunk_size cases joined in case order. A build killed
+    in its third part resumes from the two parts it wrote (only the third is built again)
+    and equals the data; the parts folder is then removed. Parts written with another key
+    are built again, and a part of the wrong length is refused, naming the cache."""
+    from x2ct.train.cache import cache_parts, load_latent_cache
+
+    accelerator = Accelerator(cpu=True)
+    g = torch.Generator().manual_seed(0)
+    data = {"latents": torch.randn(10, 3, generator=g),
+            "views": torch.randn(10, 2, 15, generator=g, dtype=torch.float64)}
+    built, kill = [], [True]
+
+    def build(cases):
+        built.append(cases)
+        if kill[0] and len(built) == 3:
+            raise KeyboardInterrupt
+        return {k: v[cases.start : cases.stop] for k, v in data.items()}
+
+    assert cache_parts(10, 4) == [range(0, 4), range(4, 8), range(8, 10)]
+    path = tmp_path / "latent_cache.safetensors"
+    parts = tmp_path / "latent_cache.parts"
+    with pytest.raises(KeyboardInterrupt):
+        load_latent_cache(accelerator, path, "k", 10, build, chunk_size=4)
+    assert not path.exists() and len(list(parts.glob("*.safetensors"))) == 2
+    built.clear()
+    kill[0] = False
+    cache = load_latent_cache(accelerator, path, "k", 10, build, chunk_size=4)
+    assert built == [range(8, 10)]
+    for k, v in data.items():
+        torch.testing.assert_close(cache[k], v, rtol=0, atol=0)
+    assert not parts.exists()
+
+    other = tmp_path / "other" / "latent_cache.safetensors"
+    kill[0], built[:] = True, []
+    with pytest.raises(KeyboardInterrupt):
+        load_latent_cache(accelerator, other, "k", 10, build, chunk_size=4)
+    kill[0], built[:] = False, []
+    load_latent_cache(accelerator, other, "k2", 10, build, chunk_size=4)
+    assert built == cache_parts(10, 4)  # the first key's parts are not this cache's
+
+    with pytest.raises(ValueError, match=r"wrong.*cases 0-3.*expected 4"):
+        load_latent_cache(accelerator, tmp_path / "wrong.safetensors", "k", 10,
+                          lambda cases: {"latents": torch.zeros(3, 2)}, chunk_size=4)
 
 
 # --------------------------------------------------------------------------- 8. model folders

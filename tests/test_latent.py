@@ -156,13 +156,16 @@ def test_two_processes_train_one_model_with_the_gradient_of_twice_the_batch(
     gradient one process computes at batch 4 over the same samples (tests/grad_probe.py
     explains why the gradient, not whole runs, and what it changes; every rendered sample
     enters the projection loss, so that it too is a mean over samples): a sum over ranks
-    instead of a mean, or ranks drawing other samples than their half, fails."""
+    instead of a mean, or ranks drawing other samples than their half, fails. The two
+    processes build the latent cache one case a part, dealt out in turn: it equals the
+    cache one process builds in one part."""
     run, probe = tmp_path / "ddp", tmp_path / "ddp_grads"
     # radiograph styles are drawn per process and micro-batch: off, so the samples match
     extra = ["--grad-clip", "0", "--projection-samples", "0", "--xray-style", "0"]
     proc = launch_two_processes(
         [PROBE, "latent", str(probe),
-         *train_args(run, autoencoder_dir, *extra, "--max-steps", "3", "--save-every", "2")],
+         *train_args(run, autoencoder_dir, *extra, "--max-steps", "3", "--save-every", "2",
+                     "--cache-chunk-size", "1")],
         port=29533,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -179,6 +182,11 @@ def test_two_processes_train_one_model_with_the_gradient_of_twice_the_batch(
                    "--batch-size", "4", "--n-val", "0")
     )
     assert_same_gradients(probe, one)
+    shared, alone = (load_file(str(d / "latent_cache.safetensors"))
+                     for d in (run, tmp_path / "one"))
+    assert sorted(shared) == sorted(alone) and not (run / "latent_cache.parts").exists()
+    for k, v in alone.items():
+        torch.testing.assert_close(shared[k], v, msg=k)
 
 
 def test_grad_accum_and_mixed_precision_change_the_step_as_documented(

@@ -2,6 +2,12 @@
 key and checksum, rebuilt whenever it is missing, made for other data, unreadable,
 truncated, edited or holds a non-finite value, with a warning saying why.
 
+It is built in parts of ``chunk_size`` cases (RUN/latent_cache.parts/), dealt out in turn
+to the processes of ``accelerate launch``: two processes make it in about half the time
+(``--prepare-only`` does only that), and a build that is killed resumes from the parts
+already written (each is checked against the cache's key like the cache itself). The main
+process joins the parts in case order, writes the cache and removes them.
+
 It is read memory-mapped (``x2ct.state.read_safetensors``): the checks stream through
 the file a slice at a time and training indexes a batch out of it, so a cache of 128^3
 cases at 1 mm (about 1.7 MB each with material paths) may outgrow RAM. Every process of
@@ -9,6 +15,7 @@ a run maps the same file and shares its pages."""
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +24,7 @@ import torch
 
 from x2ct.state import read_safetensors, write_safetensors
 
-__all__ = ["all_finite", "load_latent_cache"]
+__all__ = ["all_finite", "cache_parts", "load_latent_cache"]
 
 
 def _problem(path: Path, key: str) -> str | None:
@@ -47,24 +54,73 @@ def all_finite(t: torch.Tensor, chunk_bytes: int = 4 * 2**20) -> bool:
     return all(bool(torch.isfinite(t[i : i + rows]).all()) for i in range(0, len(t), rows))
 
 
+def cache_parts(n_cases: int, chunk_size: int) -> list[range]:
+    """The parts a cache of ``n_cases`` is built in: consecutive ranges of ``chunk_size``
+    cases (the last one shorter)."""
+    if n_cases < 1 or chunk_size < 1:
+        raise ValueError(f"need n_cases >= 1 and chunk_size >= 1, got {n_cases}, {chunk_size}")
+    return [range(s, min(s + chunk_size, n_cases)) for s in range(0, n_cases, chunk_size)]
+
+
+def _part_path(parts_dir: Path, cases: range) -> Path:
+    return parts_dir / f"cases_{cases.start:07d}-{cases.stop - 1:07d}.safetensors"
+
+
+def _build_part(path: Path, part: Path, key: str, cases: range, build) -> None:
+    tensors = build(cases)
+    wrong = {k: tuple(t.shape) for k, t in tensors.items() if len(t) != len(cases)}
+    if wrong:
+        raise ValueError(f"{path}: building cases {cases.start}-{cases.stop - 1} gave "
+                         f"{wrong}, expected {len(cases)} along the first axis")
+    bad = [k for k, t in tensors.items() if not all_finite(t)]
+    if bad:
+        raise ValueError(f"{path}: the encoded training data of cases {cases.start}-"
+                         f"{cases.stop - 1} has non-finite {bad}")
+    write_safetensors(part, tensors, {"key": key})
+
+
 def load_latent_cache(
-    accelerator, path: Path, key: str, build: Callable[[], dict[str, torch.Tensor]]
+    accelerator,
+    path: Path,
+    key: str,
+    n_cases: int,
+    build: Callable[[range], dict[str, torch.Tensor]],
+    chunk_size: int = 256,
 ) -> dict[str, torch.Tensor]:
-    """The cache at ``path`` if it was made with ``key`` and is intact; else the main
-    process builds and writes it (atomically) while the others wait, then every process
-    maps it (memory-mapped tensors; the main process has just checked or written it)."""
+    """The cache at ``path`` if it was made with ``key`` and is intact; else it is built:
+    ``build(cases)`` gives the tensors of the cases in the range ``cases`` (each with
+    ``len(cases)`` along its first axis), called for the parts (:func:`cache_parts`) this
+    process is dealt (part j goes to process j mod the number of processes), a part
+    already written with ``key`` being kept. The main process joins the parts and writes
+    the cache (atomically); then every process maps it (memory-mapped tensors; the main
+    process has just checked or written it)."""
+    from accelerate.utils import broadcast_object_list
+
     path = Path(path)
+    problem = [None]
     if accelerator.is_main_process:
-        problem = _problem(path, key)
-        if problem is not None:
-            if problem != "missing":
-                msg = f"rebuilding the latent cache {path}: {problem}"
-                warnings.warn(msg, stacklevel=2)
-                accelerator.print(msg)
-            tensors = build()
-            bad = [k for k, t in tensors.items() if not all_finite(t)]
-            if bad:
-                raise ValueError(f"{path}: the encoded training data has non-finite {bad}")
+        problem[0] = _problem(path, key)
+        if problem[0] not in (None, "missing"):
+            msg = f"rebuilding the latent cache {path}: {problem[0]}"
+            warnings.warn(msg, stacklevel=2)
+            accelerator.print(msg)
+    if accelerator.num_processes > 1:
+        broadcast_object_list(problem)
+    if problem[0] is not None:
+        parts_dir = path.with_name(path.name.split(".")[0] + ".parts")
+        parts = cache_parts(n_cases, chunk_size)
+        mine = parts[accelerator.process_index :: accelerator.num_processes]
+        parts_dir.mkdir(parents=True, exist_ok=True)
+        for cases in mine:
+            part = _part_path(parts_dir, cases)
+            if _problem(part, key) is not None:  # kept from a killed build otherwise
+                _build_part(path, part, key, cases, build)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            pieces = [read_safetensors(_part_path(parts_dir, c))[0] for c in parts]
+            tensors = {k: torch.cat([p[k] for p in pieces]) for k in pieces[0]}
             write_safetensors(path, tensors, {"key": key})
+            del pieces, tensors
+            shutil.rmtree(parts_dir)
     accelerator.wait_for_everyone()
     return read_safetensors(path, verify=False)[0]
