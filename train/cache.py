@@ -3,7 +3,7 @@ key and checksum, rebuilt whenever it is missing, made for other data, unreadabl
 truncated, edited or holds a non-finite value, with a warning saying why.
 
 It is built in parts of ``chunk_size`` cases (RUN/latent_cache.parts/), dealt out in turn
-to the processes of ``accelerate launch``: two processes make it in about half the time
+to the processes of ``accelerate launch``, which make their parts at once
 (``--prepare-only`` does only that), and a build that is killed resumes from the parts
 already written (each is checked against the cache's key like the cache itself). The main
 process joins the parts in case order, writes the cache and removes them.

@@ -22,7 +22,7 @@ made in parts of --cache-chunk-size cases shared among the launched processes, s
 
     accelerate launch --multi_gpu --num_processes 2 train/latent.py --prepare-only ...
 
-makes it in about half the time (two processes on a CPU: MULTI_CPU), and a killed build
+makes it on two cores at once (two processes on a CPU: MULTI_CPU), and a killed build
 resumes from the parts it wrote (train/cache.py).
 
 Each step draws a batch whose order and noise are functions of (seed, step, rank) only
