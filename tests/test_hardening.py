@@ -627,6 +627,51 @@ def test_latent_cache_is_built_in_parts_and_a_killed_build_resumes(tmp_path):
                           lambda cases: {"latents": torch.zeros(3, 2)}, chunk_size=4)
 
 
+def test_latent_cache_parts_are_dealt_out_to_the_processes(tmp_path, monkeypatch):
+    """Two processes of one run (stood in for by two accelerators taking turns, the second
+    told by the broadcast that the cache is missing): rank 1 builds parts 1 and 3, rank 0
+    parts 0 and 2, and joins all four into the data; a parts folder left beside a valid
+    cache (a build killed after writing it) is removed."""
+    from types import SimpleNamespace
+
+    import accelerate.utils
+
+    from x2ct.train.cache import load_latent_cache
+
+    data = {"latents": torch.arange(14.0 * 3).reshape(14, 3)}
+    built = {0: [], 1: []}
+
+    def rank(i):
+        def build(cases):
+            built[i].append(cases)
+            return {k: v[cases.start : cases.stop] for k, v in data.items()}
+
+        acc = SimpleNamespace(process_index=i, num_processes=2, is_main_process=i == 0,
+                              wait_for_everyone=lambda: None, print=print)
+        return acc, build
+
+    def missing(objects):  # rank 0's verdict, the cache is missing, reaches rank 1
+        objects[0] = "missing"
+
+    monkeypatch.setattr(accelerate.utils, "broadcast_object_list", missing)
+    path = tmp_path / "latent_cache.safetensors"
+    acc1, build1 = rank(1)
+    with pytest.raises(FileNotFoundError):  # rank 1 alone: nobody joins its parts
+        load_latent_cache(acc1, path, "k", 14, build1, chunk_size=4)
+    # rank 0 sends its own verdict
+    monkeypatch.setattr(accelerate.utils, "broadcast_object_list", lambda objects: None)
+    acc0, build0 = rank(0)
+    cache = load_latent_cache(acc0, path, "k", 14, build0, chunk_size=4)
+    assert built[1] == [range(4, 8), range(12, 14)] and built[0] == [range(0, 4), range(8, 12)]
+    torch.testing.assert_close(cache["latents"], data["latents"], rtol=0, atol=0)
+    parts = tmp_path / "latent_cache.parts"
+    assert not parts.exists()
+    parts.mkdir()
+    (parts / "cases_0000000-0000003.safetensors").write_bytes(b"left over")
+    load_latent_cache(acc0, path, "k", 14, build0, chunk_size=4)
+    assert not parts.exists() and len(built[0]) == 2
+
+
 # --------------------------------------------------------------------------- 8. model folders
 def _edit_config(folder: Path, edit, sub: str = "") -> Path:
     path = folder / sub / "config.json"

@@ -6,7 +6,9 @@ It is built in parts of ``chunk_size`` cases (RUN/latent_cache.parts/), dealt ou
 to the processes of ``accelerate launch``, which make their parts at once
 (``--prepare-only`` does only that), and a build that is killed resumes from the parts
 already written (each is checked against the cache's key like the cache itself). The main
-process joins the parts in case order, writes the cache and removes them.
+process joins the parts in case order, writes the cache and removes them. Writing holds
+the whole cache in the main process's memory (about twice its size at the join); reading
+it does not.
 
 It is read memory-mapped (``x2ct.state.read_safetensors``): the checks stream through
 the file a slice at a time and training indexes a batch out of it, so a cache of 128^3
@@ -57,8 +59,11 @@ def all_finite(t: torch.Tensor, chunk_bytes: int = 4 * 2**20) -> bool:
 def cache_parts(n_cases: int, chunk_size: int) -> list[range]:
     """The parts a cache of ``n_cases`` is built in: consecutive ranges of ``chunk_size``
     cases (the last one shorter)."""
-    if n_cases < 1 or chunk_size < 1:
-        raise ValueError(f"need n_cases >= 1 and chunk_size >= 1, got {n_cases}, {chunk_size}")
+    if n_cases < 1:
+        raise ValueError(f"no training cases to cache (got {n_cases}): check --n-train and "
+                         "the 'train' split of each --data folder")
+    if chunk_size < 1:
+        raise ValueError(f"the cache's chunk size must be >= 1 case, got {chunk_size}")
     return [range(s, min(s + chunk_size, n_cases)) for s in range(0, n_cases, chunk_size)]
 
 
@@ -85,18 +90,19 @@ def load_latent_cache(
     key: str,
     n_cases: int,
     build: Callable[[range], dict[str, torch.Tensor]],
-    chunk_size: int = 256,
+    chunk_size: int = 32,
 ) -> dict[str, torch.Tensor]:
     """The cache at ``path`` if it was made with ``key`` and is intact; else it is built:
     ``build(cases)`` gives the tensors of the cases in the range ``cases`` (each with
     ``len(cases)`` along its first axis), called for the parts (:func:`cache_parts`) this
     process is dealt (part j goes to process j mod the number of processes), a part
     already written with ``key`` being kept. The main process joins the parts and writes
-    the cache (atomically); then every process maps it (memory-mapped tensors; the main
-    process has just checked or written it)."""
+    the cache (atomically) and removes the parts; then every process maps it
+    (memory-mapped tensors; the main process has just checked or written it)."""
     from accelerate.utils import broadcast_object_list
 
     path = Path(path)
+    parts_dir = path.with_suffix(".parts")
     problem = [None]
     if accelerator.is_main_process:
         problem[0] = _problem(path, key)
@@ -104,21 +110,30 @@ def load_latent_cache(
             msg = f"rebuilding the latent cache {path}: {problem[0]}"
             warnings.warn(msg, stacklevel=2)
             accelerator.print(msg)
+        elif problem[0] is None:  # parts of a build killed after it wrote the cache
+            shutil.rmtree(parts_dir, ignore_errors=True)
     if accelerator.num_processes > 1:
         broadcast_object_list(problem)
     if problem[0] is not None:
-        parts_dir = path.with_name(path.name.split(".")[0] + ".parts")
         parts = cache_parts(n_cases, chunk_size)
         mine = parts[accelerator.process_index :: accelerator.num_processes]
         parts_dir.mkdir(parents=True, exist_ok=True)
+        kept = [c for c in mine if _problem(_part_path(parts_dir, c), key) is None]
+        if kept:
+            print(f"latent cache {path}: {len(kept)} of this process's {len(mine)} parts "
+                  "kept from an earlier build", flush=True)
         for cases in mine:
-            part = _part_path(parts_dir, cases)
-            if _problem(part, key) is not None:  # kept from a killed build otherwise
-                _build_part(path, part, key, cases, build)
+            if cases not in kept:
+                _build_part(path, _part_path(parts_dir, cases), key, cases, build)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             pieces = [read_safetensors(_part_path(parts_dir, c))[0] for c in parts]
-            tensors = {k: torch.cat([p[k] for p in pieces]) for k in pieces[0]}
+            names = sorted(pieces[0])
+            for c, piece in zip(parts, pieces):
+                if sorted(piece) != names:
+                    raise ValueError(f"{_part_path(parts_dir, c)}: holds {sorted(piece)}, "
+                                     f"expected the first part's {names}")
+            tensors = {k: torch.cat([p[k] for p in pieces]) for k in names}
             write_safetensors(path, tensors, {"key": key})
             del pieces, tensors
             shutil.rmtree(parts_dir)

@@ -33,8 +33,8 @@ projection error go to TensorBoard and the log, a figure to RUN/figures. At the 
 EMA pipeline is saved with save_pretrained to RUN/model (denoiser, X-ray encoder, geometry,
 sampler defaults and a copy of the autoencoder) and RUN/metrics.json is written.
 
-Run folder: args.json, latent_cache.safetensors, checkpoints/step_*/, logs/ (TensorBoard),
-figures/val_step_*.png, model/, metrics.json.
+Run folder: args.json, latent_cache.safetensors (latent_cache.parts/ while it is made),
+checkpoints/step_*/, logs/ (TensorBoard), figures/val_step_*.png, model/, metrics.json.
 """
 
 from __future__ import annotations
@@ -276,10 +276,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--cache-chunk-size",
         type=int,
-        default=256,
+        default=32,
         metavar="N",
         help="cases per part of the latent cache: parts are dealt out to the processes, and a "
-        "killed build resumes from the parts written (RUN/latent_cache.parts/)",
+        "killed build resumes from the parts written (RUN/latent_cache.parts/) if rerun with "
+        "the same N",
     )
     args = p.parse_args(argv)
     if args.detector is not None and min(args.detector) < 1:
