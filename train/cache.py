@@ -118,13 +118,12 @@ def load_latent_cache(
         parts = cache_parts(n_cases, chunk_size)
         mine = parts[accelerator.process_index :: accelerator.num_processes]
         parts_dir.mkdir(parents=True, exist_ok=True)
-        kept = [c for c in mine if _problem(_part_path(parts_dir, c), key) is None]
-        if kept:
-            print(f"latent cache {path}: {len(kept)} of this process's {len(mine)} parts "
-                  "kept from an earlier build", flush=True)
-        for cases in mine:
-            if cases not in kept:
-                _build_part(path, _part_path(parts_dir, cases), key, cases, build)
+        todo = [c for c in mine if _problem(_part_path(parts_dir, c), key) is not None]
+        if len(todo) < len(mine):
+            print(f"latent cache {path}: {len(mine) - len(todo)} of this process's "
+                  f"{len(mine)} parts kept from an earlier build", flush=True)
+        for cases in todo:
+            _build_part(path, _part_path(parts_dir, cases), key, cases, build)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             pieces = [read_safetensors(_part_path(parts_dir, c))[0] for c in parts]
