@@ -32,12 +32,12 @@
 Options:
 
 - ``--pc-strength S [--pc-steps K --pc-inner N]``, ``--no-pc``: projection-consistent
-  sampling (``x2ct.diffusion.ProjectionGuidance``; default: the model's setting, on for
-  ``models/ldm-tiny``): the last K sampler steps' clean-latent estimates
-  get N gradient steps of latent RMS S toward DRRs that match the X-rays; the plain result
-  is computed too and the better of the two kept (never a worse projection error). Costs
-  K extra network calls, K * (N + 1) decoder and projector passes with gradients, and a
-  second final decode and DRR rendering.
+  sampling (``x2ct.diffusion.ProjectionGuidance``; default: the model's setting, off for
+  ``models/ldm-tiny``): the last K sampler steps' clean-latent estimates get N gradient
+  steps of latent RMS S toward DRRs that match the X-rays; the plain result is computed
+  too and the better of the two kept (never a worse projection error). Costs K extra
+  network calls, K * (N + 1) decoder and projector passes with gradients, and a second
+  final decode and DRR rendering.
 - ``--pose-rounds R [--pose-iters I --pose-lr LR]``: pose refinement for real radiographs
   (``x2ct.diffusion.PoseRefinement``): reconstruct, fit each view's angle and detector
   offset to the reconstruction's DRRs, reconstruct again with the refined pose; R rounds.
