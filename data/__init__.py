@@ -48,6 +48,7 @@ _EXPORTS = {
     ],
     "localise": ["CONFIDENCE_WARN", "SpineLocation", "locate_spine"],
     "io": ["CTImage", "centred_affine", "load_ct", "load_xray", "save_ct", "save_xray_png"],
+    "dicom_ct": ["load_dicom_series"],
     "phantom": [
         "DISC_LABEL",
         "LEVEL_NAMES",
@@ -109,6 +110,7 @@ __all__ = [
     "HUToUnitd",
     "LEVEL_NAMES",
     "load_ct",
+    "load_dicom_series",
     "load_xray",
     "LoadCTd",
     "locate",

@@ -179,6 +179,9 @@ def _unit_factor(path: Path, header) -> float:
 def load_ct(path: str | os.PathLike) -> CTImage:
     """Read a NIfTI CT volume as HU in RAS+ voxel order, spacing in mm.
 
+    A folder is read as one DICOM CT series, a file per slice
+    (``x2ct.data.dicom_ct.load_dicom_series``, needs pydicom), reoriented alike.
+
     The image is reoriented with ``nibabel.as_closest_canonical`` (axis flips and
     permutations only; an oblique affine keeps its rotation), its scaling
     (``scl_slope``/``scl_inter``) applied. A trailing singleton 4th axis is dropped. The
@@ -197,8 +200,13 @@ def load_ct(path: str | os.PathLike) -> CTImage:
             names the file and what was expected.
     """
     path = Path(path)
+    if path.is_dir():
+        from x2ct.data.dicom_ct import load_dicom_series
+
+        return load_dicom_series(path)
     if _nifti_suffix(path) is None:
-        raise ValueError(f"{path}: expected a NIfTI CT volume (.nii or .nii.gz)")
+        raise ValueError(f"{path}: expected a NIfTI CT volume (.nii or .nii.gz) or a folder "
+                         "holding one DICOM CT series")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such CT file (expected a .nii or .nii.gz volume)")
     # nibabel logs the header fixes it makes ("setting 0 dims to 1") to stderr whenever a

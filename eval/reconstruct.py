@@ -16,15 +16,17 @@
   integrals. Distances or angles outside what the model was trained for are refused with
   the range named (``--allow-geometry-mismatch`` reconstructs anyway); blank or constant
   images are refused and views that look swapped are flagged.
-- ``--ct``: a NIfTI CT (a whole patient CT, any size and spacing). Made into a case as
-  evaluation and training make theirs (``x2ct.data.ct_case``): the spine is located
-  (``--labels`` vertebra labels, else ``x2ct.data.localise``), the model's field is cut around it
-  (moved by ``--shift/--turn/--tilt``, at height ``--z``), and its X-rays are rendered
-  through the whole CT along the model's views, as a radiograph sees the patient. The
-  reconstruction is scored against the field (PSNR, SSIM over the HU window, MAE in HU,
-  projection error against the field's own DRRs: ``x2ct.eval.metrics``) and saved with an
-  affine that puts it where the field lies in the CT. A CT cut at the skin or
-  reconstructed on a small field gives X-rays through what it holds: a warning says so.
+- ``--ct``: a NIfTI CT, or a folder holding one DICOM CT series (a file per slice, read
+  with pydicom: ``x2ct.data.load_dicom_series``); a whole patient CT, any size and
+  spacing. Made into a case as evaluation and training make theirs (``x2ct.data.ct_case``):
+  the spine is located (``--labels`` vertebra labels, else ``x2ct.data.localise``), the
+  model's field is cut around it (moved by ``--shift/--turn/--tilt``, at height ``--z``),
+  and its X-rays are rendered through the whole CT along the model's views, as a
+  radiograph sees the patient. The reconstruction is scored against the field (PSNR, SSIM
+  over the HU window, MAE in HU, projection error against the field's own DRRs:
+  ``x2ct.eval.metrics``) and saved with an affine that puts it where the field lies in the
+  CT. A CT cut at the skin or reconstructed on a small field gives X-rays through what it
+  holds: a warning says so.
 - ``--out``: a folder; one holding outputs of an earlier run is refused unless
   ``--overwrite`` (which removes them all first). It is checked to be writable before
   the work starts.
@@ -164,7 +166,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", required=True, type=model_path,
                    help="a model's name (ldm-tiny; `x2ct models` lists them) or folder (RUN/model)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ct", help="NIfTI CT: simulate its X-rays, reconstruct and score")
+    src.add_argument("--ct", help="NIfTI CT or DICOM series folder: simulate its X-rays, "
+                     "reconstruct and score")
     src.add_argument("--ap", help="AP X-ray image (with --lateral)")
     p.add_argument("--lateral", help="lateral X-ray image (with --ap)")
     p.add_argument("--shift", type=float, nargs=3, default=(0.0, 0.0, 0.0),
@@ -353,7 +356,9 @@ def main(argv=None) -> dict:
             Path(args.model) / "autoencoder" / "config.json"
         ).to_dict()
         require_export_libraries(args.format, args.mesh)
-        for path in (args.ct, args.ap, args.lateral, args.geometry, args.labels):
+        if args.ct is not None and not Path(args.ct).exists():
+            raise FileNotFoundError(f"{args.ct}: no such CT file or DICOM folder")
+        for path in (args.ap, args.lateral, args.geometry, args.labels):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{path}: no such file")
     except (FileNotFoundError, ValueError, ImportError) as e:

@@ -156,3 +156,30 @@ def test_errors_come_before_any_compute(tmp_path, model_dir, ct_path):
     with pytest.raises(InputError, match="config.json"):
         main(["--model", str(empty), "--ct", str(ct_path), *out])
     assert not (tmp_path / "out").exists()
+
+
+def test_from_a_dicom_ct_folder_as_from_its_nifti(tmp_path, model_dir):
+    """``--ct FOLDER`` (one DICOM series, as a scanner exports it) reconstructs what the same
+    CT as NIfTI gives; a folder without a series is refused by name before any compute."""
+    pytest.importorskip("pydicom")
+    from x2ct.eval.export import write_dicom_series
+
+    ph = spine_phantom((20, 20, 24), (6.0, 6.0, 6.0), seed=7)
+    hu = np.rint(np.maximum(ph.hu, -1024))  # what the series stores exactly
+    nifti = save_ct(tmp_path / "ct.nii.gz", hu, spacing=ph.spacing)
+    ct = load_ct(nifti)
+    write_dicom_series(tmp_path / "series", ct.hu, ct.affine)
+    common = ["--model", str(model_dir), "--steps", "2", "--num-samples", "1", "--seed", "3"]
+    a = main([*common, "--ct", str(nifti), "--out", str(tmp_path / "a")])
+    b = main([*common, "--ct", str(tmp_path / "series"), "--out", str(tmp_path / "b")])
+    assert b["psnr"] == pytest.approx(a["psnr"], abs=1e-4)
+    np.testing.assert_allclose(load_ct(tmp_path / "b" / "ct.nii.gz").hu,
+                               load_ct(tmp_path / "a" / "ct.nii.gz").hu, atol=1e-2)
+    np.testing.assert_allclose(load_ct(tmp_path / "b" / "ct.nii.gz").affine,
+                               load_ct(tmp_path / "a" / "ct.nii.gz").affine, atol=1e-4)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no DICOM images"):
+        main([*common, "--ct", str(tmp_path / "empty"), "--out", str(tmp_path / "c")])
+    with pytest.raises(InputError, match="no such CT file or DICOM folder"):
+        main([*common, "--ct", str(tmp_path / "gone"), "--out", str(tmp_path / "c")])
+    assert not (tmp_path / "c").exists()

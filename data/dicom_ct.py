@@ -1,0 +1,214 @@
+"""A CT as clinics store it: one DICOM series, a file per axial slice, read into a CTImage.
+
+``load_ct(folder)`` calls :func:`load_dicom_series` for a folder, so ``x2ct reconstruct
+--ct FOLDER`` takes a scanner's or PACS export as it is. The geometry follows DICOM PS3.3
+C.7.6.2 (Image Plane Module): ImagePositionPatient is the centre of the first transmitted
+pixel in LPS millimetres, ImageOrientationPatient the direction cosines of a row (toward
+increasing column index) and of a column, PixelSpacing the spacing between rows, then
+between columns. HU = stored value * RescaleSlope + RescaleIntercept (C.11.1), per slice.
+
+What is refused, naming the folder or file and the reason, before any pixel is decoded:
+no DICOM file; several image series (a scout or "LOCALIZER" image is left out by itself);
+a multi-frame (enhanced) CT; slices with other orientations, sizes or pixel spacings; two
+slices at one position; uneven slice spacing (a missing slice); a sheared stack (gantry
+tilt). Convert such data with dcm2niix, which corrects tilt, and give the NIfTI.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["load_dicom_series"]
+
+# slice positions may differ from even spacing by rounding in the stored decimal strings
+_SPACING_TOLERANCE = 0.01  # relative
+_POSITION_TOLERANCE_MM = 0.05
+_SHEAR_TOLERANCE_MM = 0.1  # a 1-degree gantry tilt shears 100 slices of 2.5 mm by 4.4 mm
+_GEOMETRY_TAGS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows",
+                  "Columns")
+
+
+def _pydicom(folder: Path):
+    try:
+        import pydicom
+    except ImportError as e:
+        raise ImportError(
+            f"{folder}: reading a DICOM CT series needs pydicom: pip install 'x2ct[dicom]' "
+            "(or convert the series to NIfTI with dcm2niix)"
+        ) from e
+    return pydicom
+
+
+def _headers(folder: Path, pydicom) -> list[tuple[Path, object]]:
+    """(file, header) of every DICOM file directly in ``folder`` (others are skipped)."""
+    found = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        if path.name.startswith(".") or path.name.upper() == "DICOMDIR":
+            continue
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # not DICOM (pydicom raises several types)
+            continue
+        found.append((path, ds))
+    return found
+
+
+def _series(folder: Path, headers: list) -> list[tuple[Path, object]]:
+    """The one CT image series among ``headers``, scouts left out."""
+    images = [(p, ds) for p, ds in headers if "Rows" in ds]  # image storage, not reports
+    if not images:
+        raise ValueError(f"{folder}: no DICOM images in the folder; expected one CT series, a "
+                         "file per slice")
+    modalities = sorted({str(getattr(ds, "Modality", "?")) for _, ds in images})
+    ct = [(p, ds) for p, ds in images if str(getattr(ds, "Modality", "")) == "CT"]
+    if not ct:
+        raise ValueError(f"{folder}: the DICOM images are of modality {', '.join(modalities)}; "
+                         "expected a CT series (Modality CT)")
+    ct = [(p, ds) for p, ds in ct
+          if "LOCALIZER" not in [str(v).upper() for v in getattr(ds, "ImageType", [])]]
+    if not ct:
+        raise ValueError(f"{folder}: only CT localizer (scout) images; expected an axial series")
+    groups: dict[str, list] = {}
+    for p, ds in ct:
+        groups.setdefault(str(getattr(ds, "SeriesInstanceUID", "")), []).append((p, ds))
+    if len(groups) > 1:
+        listing = "; ".join(
+            f"{uid or '(no SeriesInstanceUID)'}: {len(files)} files, "
+            f"{str(getattr(files[0][1], 'SeriesDescription', '')) or 'no description'}"
+            for uid, files in groups.items()
+        )
+        raise ValueError(f"{folder}: {len(groups)} CT series in one folder ({listing}); put the "
+                         "series to reconstruct in a folder of its own")
+    return next(iter(groups.values()))
+
+
+def _geometry(folder: Path, files: list) -> tuple[list, np.ndarray, np.ndarray]:
+    """The slices sorted along the stack, the voxel-to-LPS affine and the slice gap."""
+    for p, ds in files:
+        missing = [t for t in _GEOMETRY_TAGS if t not in ds]
+        if missing:
+            raise ValueError(f"{p}: no {', '.join(missing)}; a CT slice needs them to be placed")
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        if frames > 1:
+            raise ValueError(f"{p}: a multi-frame (enhanced) CT of {frames} frames is not read; "
+                             "convert it to NIfTI with dcm2niix")
+    first_path, first = files[0]
+    orient = np.asarray([float(v) for v in first.ImageOrientationPatient], dtype=np.float64)
+    pixel = np.asarray([float(v) for v in first.PixelSpacing], dtype=np.float64)
+    size = (int(first.Rows), int(first.Columns))
+    for p, ds in files[1:]:
+        other = np.asarray([float(v) for v in ds.ImageOrientationPatient])
+        if not np.allclose(other, orient, atol=1e-4):
+            raise ValueError(f"{p}: ImageOrientationPatient {other.tolist()} differs from "
+                             f"{first_path.name}'s {orient.tolist()}; expected one stack of "
+                             "parallel slices")
+        if (int(ds.Rows), int(ds.Columns)) != size:
+            raise ValueError(f"{p}: {int(ds.Rows)} x {int(ds.Columns)} pixels where "
+                             f"{first_path.name} has {size[0]} x {size[1]}")
+        if not np.allclose([float(v) for v in ds.PixelSpacing], pixel, rtol=1e-4):
+            raise ValueError(f"{p}: PixelSpacing {[float(v) for v in ds.PixelSpacing]} differs "
+                             f"from {first_path.name}'s {pixel.tolist()}")
+    row_dir, col_dir = orient[:3], orient[3:]
+    if not (np.isclose(np.linalg.norm(row_dir), 1, atol=1e-3)
+            and np.isclose(np.linalg.norm(col_dir), 1, atol=1e-3)
+            and abs(row_dir @ col_dir) < 1e-3):
+        raise ValueError(f"{first_path}: ImageOrientationPatient {orient.tolist()} is not two "
+                         "orthogonal unit vectors")
+    if not np.all(pixel > 0):
+        raise ValueError(f"{first_path}: PixelSpacing {pixel.tolist()} must be positive")
+    normal = np.cross(row_dir, col_dir)
+    positions = np.asarray([[float(v) for v in ds.ImagePositionPatient] for _, ds in files])
+    along = positions @ normal
+    order = np.argsort(along, kind="stable")
+    files = [files[k] for k in order]
+    positions, along = positions[order], along[order]
+    if len(files) < 2:
+        raise ValueError(f"{folder}: one CT slice; expected a volume of several slices")
+    gaps = np.diff(along)
+    for k in np.flatnonzero(gaps < _POSITION_TOLERANCE_MM):
+        raise ValueError(f"{files[k][0]} and {files[k + 1][0].name} lie at the same position "
+                         f"({along[k]:.3f} mm along the stack); expected one slice a position")
+    gap = float(np.median(gaps))
+    uneven = np.flatnonzero(np.abs(gaps - gap) > max(_SPACING_TOLERANCE * gap,
+                                                      _POSITION_TOLERANCE_MM))
+    if uneven.size:
+        k = int(uneven[0])
+        raise ValueError(
+            f"{folder}: slices {files[k][0].name} and {files[k + 1][0].name} are "
+            f"{gaps[k]:.3f} mm apart where the series' spacing is {gap:.3f} mm (a missing or "
+            "extra slice?); expected evenly spaced slices"
+        )
+    # every slice's origin on the line through the first along the normal (no gantry tilt)
+    shear = positions - positions[0] - np.outer(along - along[0], normal)
+    worst = float(np.abs(shear).max())
+    if worst > _SHEAR_TOLERANCE_MM:
+        raise ValueError(
+            f"{folder}: the slices' positions drift {worst:.2f} mm sideways along the stack "
+            "(gantry tilt or a sheared series); convert it with dcm2niix, which corrects tilt"
+        )
+    lps = np.eye(4)
+    lps[:3, 0] = row_dir * pixel[1]  # i: along a row, the spacing between columns
+    lps[:3, 1] = col_dir * pixel[0]  # j: down a column, the spacing between rows
+    lps[:3, 2] = normal * gap
+    lps[:3, 3] = positions[0]
+    return files, lps, gap
+
+
+def load_dicom_series(folder: str | os.PathLike):
+    """Read the CT series in ``folder`` (one DICOM file per slice) as a ``CTImage``: HU in
+    RAS+ voxel order (reoriented as ``load_ct`` reorients a NIfTI), spacing in mm.
+
+    Raises:
+        ImportError: pydicom is not installed.
+        ValueError: no CT series, several, or one that is not an even stack of parallel
+            slices, or pixel data that cannot be decoded; the message names the folder or
+            file and what was expected.
+    """
+    import nibabel as nib
+
+    from x2ct.data.io import MAX_CT_VOXELS, MAX_SPACING_MM, MIN_SPACING_MM, CTImage
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder (expected a DICOM CT series)")
+    pydicom = _pydicom(folder)
+    files, lps, gap = _geometry(folder, _series(folder, _headers(folder, pydicom)))
+    shape = (int(files[0][1].Columns), int(files[0][1].Rows), len(files))
+    if int(np.prod(shape, dtype=object)) > MAX_CT_VOXELS:
+        raise ValueError(f"{folder}: {shape} voxels is more than the {MAX_CT_VOXELS} this "
+                         "reader allocates")
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    if np.any(spacing < MIN_SPACING_MM) or np.any(spacing > MAX_SPACING_MM):
+        raise ValueError(f"{folder}: voxel size {tuple(round(float(s), 6) for s in spacing)} mm "
+                         f"is outside [{MIN_SPACING_MM}, {MAX_SPACING_MM}] mm")
+    hu = np.empty(shape, dtype=np.float32)
+    for k, (path, _) in enumerate(files):
+        try:
+            ds = pydicom.dcmread(path)
+        except Exception as e:
+            raise ValueError(f"{path}: cannot read the DICOM file ({e})") from e
+        try:
+            stored = ds.pixel_array
+        except Exception as e:  # compressed syntaxes need handlers pydicom may lack
+            syntax = getattr(ds.file_meta, "TransferSyntaxUID", "?")
+            raise ValueError(
+                f"{path}: cannot decode the pixel data (transfer syntax {syntax}: {e}); "
+                "install pylibjpeg or gdcm for compressed DICOM, or convert with dcm2niix"
+            ) from e
+        if stored.shape != (shape[1], shape[0]):
+            raise ValueError(f"{path}: pixel data of shape {stored.shape}, the header says "
+                             f"{shape[1]} x {shape[0]}")
+        slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
+        intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+        hu[:, :, k] = (stored.astype(np.float32) * slope + intercept).T
+    if not np.all(np.isfinite(hu)):
+        raise ValueError(f"{folder}: non-finite HU after rescaling; check RescaleSlope")
+    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    canonical = nib.as_closest_canonical(nib.Nifti1Image(hu, ras))
+    data = np.ascontiguousarray(canonical.get_fdata(dtype=np.float32))
+    affine = np.asarray(canonical.affine, dtype=np.float64)
+    spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
+    return CTImage(data, spacing, affine)

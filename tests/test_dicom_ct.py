@@ -1,0 +1,176 @@
+"""A DICOM CT series read as a CTImage (data/dicom_ct.py, ``load_ct(folder)``), checked
+against the NIfTI it was made from and against ITK/GDCM (3D Slicer's reader) reading the
+same files; series a clinic may export wrongly are refused by name."""
+
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from x2ct.data import centred_affine, ct_case, default_geometry, load_ct, save_ct, spine_phantom
+from x2ct.data.dicom_ct import load_dicom_series
+from x2ct.eval.export import write_dicom_series
+
+pydicom = pytest.importorskip("pydicom")
+
+
+def _oblique() -> np.ndarray:
+    a, b = math.radians(20), math.radians(10)
+    rz = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, math.cos(b), -math.sin(b)], [0, math.sin(b), math.cos(b)]])
+    return np.vstack([np.c_[rz @ rx @ np.diag([0.9, 1.0, 2.0]), [5.0, -3.0, 7.0]], [0, 0, 0, 1]])
+
+
+AFFINES = {
+    "ras": centred_affine((11, 13, 7), (0.8, 1.2, 2.5)),
+    # stored left-posterior-inferior with an offset
+    "lpi": np.array([[-0.7, 0, 0, 30.0], [0, -1.1, 0, -12.0], [0, 0, -3.0, 55.0], [0, 0, 0, 1]]),
+    "oblique": _oblique(),
+}
+
+
+def _nifti_and_series(tmp_path, affine, shape=(11, 13, 7)):
+    """A NIfTI CT of integer HU (what a DICOM series stores exactly) and its series."""
+    hu = np.random.default_rng(0).integers(-1000, 2000, shape).astype(np.float32)
+    save_ct(tmp_path / "ct.nii.gz", hu, affine=affine)
+    ct = load_ct(tmp_path / "ct.nii.gz")
+    write_dicom_series(tmp_path / "dicom", ct.hu, ct.affine)
+    return ct, tmp_path / "dicom"
+
+
+@pytest.mark.parametrize("name", list(AFFINES))
+def test_series_reads_as_the_nifti_it_was_written_from(tmp_path, name):
+    """The same HU at the same RAS voxels and the same affine as ``load_ct`` of the NIfTI,
+    whatever order the files are named in."""
+    ct, folder = _nifti_and_series(tmp_path, AFFINES[name])
+    files = sorted(folder.glob("*.dcm"))
+    for k, f in enumerate(np.random.default_rng(1).permutation(len(files))):
+        files[f].rename(folder / f"IMG{k:03d}")  # no suffix, shuffled: as PACS exports name them
+    read = load_ct(folder)
+    assert read.hu.shape == ct.hu.shape
+    np.testing.assert_allclose(read.affine, ct.affine, atol=1e-4)
+    np.testing.assert_allclose(read.spacing, ct.spacing, rtol=1e-5)
+    np.testing.assert_array_equal(read.hu, ct.hu)
+
+
+@pytest.mark.parametrize("name", ["lpi", "oblique"])
+def test_itk_reads_the_series_as_x2ct_does(tmp_path, name):
+    """ITK with GDCM loads the series; resampled onto x2ct's reading of it (saved as NIfTI),
+    every voxel has the same HU: the two readers place the slices alike."""
+    sitk = pytest.importorskip("SimpleITK")
+    _, folder = _nifti_and_series(tmp_path, AFFINES[name])
+    ours = load_dicom_series(folder)
+    save_ct(tmp_path / "ours.nii.gz", ours.hu, affine=ours.affine)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    series = reader.Execute()
+    grid = sitk.ReadImage(str(tmp_path / "ours.nii.gz"))
+    on_grid = sitk.Resample(series, grid, sitk.Transform(), sitk.sitkNearestNeighbor, -5000.0)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(on_grid), sitk.GetArrayFromImage(grid))
+
+
+def test_rescale_is_applied_per_slice_and_scouts_are_left_out(tmp_path):
+    ct, folder = _nifti_and_series(tmp_path, AFFINES["ras"])
+    files = sorted(folder.glob("*.dcm"))
+    ds = pydicom.dcmread(files[3])  # stored as (HU + 1024) / 2 with slope 2, intercept -1024
+    stored = ds.pixel_array.astype(np.int32)
+    ds.PixelData = (stored // 2).astype(np.uint16).tobytes()
+    ds.RescaleSlope = "2"
+    ds.save_as(files[3])
+    expected = ct.hu.copy()
+    k = int(np.argmin([abs(float(pydicom.dcmread(f).ImagePositionPatient[2])
+                           - float(ds.ImagePositionPatient[2])) for f in files]))
+    expected[:, :, k] = 2 * np.floor((expected[:, :, k] + 1024) / 2) - 1024
+    scout = pydicom.dcmread(files[0])  # a localizer of another series in the same folder
+    scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    scout.SeriesInstanceUID = pydicom.uid.generate_uid()
+    scout.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+    scout.save_as(folder / "scout.dcm")
+    (folder / "notes.txt").write_text("not DICOM")
+    read = load_ct(folder)
+    np.testing.assert_array_equal(read.hu, expected)
+
+
+def _broken(tmp_path, how):
+    _, folder = _nifti_and_series(tmp_path, AFFINES["ras"])
+    files = sorted(folder.glob("*.dcm"))
+    if how == "missing slice":
+        files[3].unlink()
+    elif how == "two series":
+        other = tmp_path / "other"
+        write_dicom_series(other, np.zeros((11, 13, 7)), AFFINES["ras"])
+        for f in other.glob("*.dcm"):
+            shutil.copy(f, folder / f"other_{f.name}")
+    elif how == "duplicate":
+        ds = pydicom.dcmread(files[2])
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.save_as(folder / "copy.dcm")
+    elif how == "tilt":  # each slice shifted 0.9 mm further along y: a sheared stack
+        for k, f in enumerate(files):
+            ds = pydicom.dcmread(f)
+            x, y, z = (float(v) for v in ds.ImagePositionPatient)
+            ds.ImagePositionPatient = [x, y + 0.9 * k, z]
+            ds.save_as(f)
+    elif how == "other sizes":
+        ds = pydicom.dcmread(files[4])
+        ds.PixelSpacing = [0.5, 0.5]
+        ds.save_as(files[4])
+    elif how == "no position":
+        ds = pydicom.dcmread(files[1])
+        del ds.ImagePositionPatient
+        ds.save_as(files[1])
+    elif how == "empty":
+        for f in files:
+            f.unlink()
+        (folder / "readme.txt").write_text("nothing here")
+    return folder
+
+
+@pytest.mark.parametrize("how, message", [
+    ("missing slice", "missing or extra slice"),
+    ("two series", "2 CT series"),
+    ("duplicate", "same position"),
+    ("tilt", "gantry tilt"),
+    ("other sizes", "PixelSpacing"),
+    ("no position", "no ImagePositionPatient"),
+    ("empty", "no DICOM images"),
+])
+def test_series_a_clinic_may_export_wrongly_are_refused_by_name(tmp_path, how, message):
+    folder = _broken(tmp_path, how)
+    with pytest.raises(ValueError, match=message) as e:
+        load_ct(folder)
+    assert str(folder) in str(e.value) or "CT0" in str(e.value)
+
+
+def test_a_dicom_folder_makes_the_same_case_as_its_nifti(tmp_path):
+    """The user's path (``reconstruct --ct FOLDER``): ct_case of the series locates the same
+    spine and renders the same X-rays as ct_case of the NIfTI."""
+    ph = spine_phantom((64, 64, 64), (2.0, 2.0, 2.0), seed=3)
+    affine = centred_affine(ph.hu.shape, (2.0, 2.0, 2.0))
+    hu = np.rint(np.maximum(ph.hu, -1024))  # what 12-bit CT storage holds (CT noise dips below)
+    save_ct(tmp_path / "ct.nii.gz", hu, affine=affine)
+    write_dicom_series(tmp_path / "dicom", hu, affine)
+    geometry = default_geometry((32, 32, 32), (4.0, 4.0, 4.0))
+    a = ct_case(tmp_path / "ct.nii.gz", (32, 32, 32), (4.0, 4.0, 4.0), geometry)
+    b = ct_case(tmp_path / "dicom", (32, 32, 32), (4.0, 4.0, 4.0), geometry)
+    assert a.info["spine"]["centre_mm"] == pytest.approx(b.info["spine"]["centre_mm"], abs=1e-4)
+    np.testing.assert_allclose(b.hu.numpy(), a.hu.numpy(), atol=1e-3)
+    np.testing.assert_allclose(b.drr.numpy(), a.drr.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(b.affine, a.affine, atol=1e-4)
+
+
+def test_without_pydicom_the_error_says_what_to_install(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_pydicom(name, *args, **kwargs):
+        if name == "pydicom" or name.startswith("pydicom."):
+            raise ImportError("No module named 'pydicom'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pydicom)
+    with pytest.raises(ImportError, match=r"x2ct\[dicom\]") as e:
+        load_ct(tmp_path)
+    assert str(tmp_path) in str(e.value)
