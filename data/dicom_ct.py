@@ -1,14 +1,16 @@
 """A CT as clinics store it: one DICOM series, a file per axial slice, read into a CTImage.
 
 ``load_ct(folder)`` calls :func:`load_dicom_series` for a folder, so ``x2ct reconstruct
---ct FOLDER`` takes a scanner's or PACS export as it is. The geometry follows DICOM PS3.3
+--ct FOLDER`` takes a scanner's or PACS export as it is: the files may lie in subfolders
+(PATIENT/STUDY/SERIES/...), under any name and in any order. The geometry follows DICOM PS3.3
 C.7.6.2 (Image Plane Module): ImagePositionPatient is the centre of the first transmitted
 pixel in LPS millimetres, ImageOrientationPatient the direction cosines of a row (toward
 increasing column index) and of a column, PixelSpacing the spacing between rows, then
 between columns. HU = stored value * RescaleSlope + RescaleIntercept (C.11.1), per slice.
 
 What is refused, naming the folder or file and the reason, before any pixel is decoded:
-no DICOM file; several image series (a scout or "LOCALIZER" image is left out by itself);
+no DICOM image; several CT series (then each is listed with its folder; scout "LOCALIZER"
+images and other modalities are left out by themselves);
 a multi-frame (enhanced) CT; slices with other orientations, sizes or pixel spacings; two
 slices at one position; uneven slice spacing (a missing slice); a sheared stack (gantry
 tilt). Convert such data with dcm2niix, which corrects tilt, and give the NIfTI.
@@ -43,9 +45,10 @@ def _pydicom(folder: Path):
 
 
 def _headers(folder: Path, pydicom) -> list[tuple[Path, object]]:
-    """(file, header) of every DICOM file directly in ``folder`` (others are skipped)."""
+    """(file, header) of every DICOM file in ``folder`` and its subfolders (a PACS export
+    nests its series: PATIENT/STUDY/SERIES/IMAGE); other files are skipped."""
     found = []
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         if path.name.startswith(".") or path.name.upper() == "DICOMDIR":
             continue
         try:
@@ -60,8 +63,8 @@ def _series(folder: Path, headers: list) -> list[tuple[Path, object]]:
     """The one CT image series among ``headers``, scouts left out."""
     images = [(p, ds) for p, ds in headers if "Rows" in ds]  # image storage, not reports
     if not images:
-        raise ValueError(f"{folder}: no DICOM images in the folder; expected one CT series, a "
-                         "file per slice")
+        raise ValueError(f"{folder}: no DICOM images in the folder or its subfolders; expected "
+                         "one CT series, a file per slice")
     modalities = sorted({str(getattr(ds, "Modality", "?")) for _, ds in images})
     ct = [(p, ds) for p, ds in images if str(getattr(ds, "Modality", "")) == "CT"]
     if not ct:
@@ -76,12 +79,12 @@ def _series(folder: Path, headers: list) -> list[tuple[Path, object]]:
         groups.setdefault(str(getattr(ds, "SeriesInstanceUID", "")), []).append((p, ds))
     if len(groups) > 1:
         listing = "; ".join(
-            f"{uid or '(no SeriesInstanceUID)'}: {len(files)} files, "
+            f"{files[0][0].parent}: {len(files)} files, "
             f"{str(getattr(files[0][1], 'SeriesDescription', '')) or 'no description'}"
             for uid, files in groups.items()
         )
-        raise ValueError(f"{folder}: {len(groups)} CT series in one folder ({listing}); put the "
-                         "series to reconstruct in a folder of its own")
+        raise ValueError(f"{folder}: {len(groups)} CT series ({listing}); give the folder of "
+                         "the one to read, holding that series alone")
     return next(iter(groups.values()))
 
 
@@ -158,8 +161,9 @@ def _geometry(folder: Path, files: list) -> tuple[list, np.ndarray, np.ndarray]:
 
 
 def load_dicom_series(folder: str | os.PathLike):
-    """Read the CT series in ``folder`` (one DICOM file per slice) as a ``CTImage``: HU in
-    RAS+ voxel order (reoriented as ``load_ct`` reorients a NIfTI), spacing in mm.
+    """Read the CT series in ``folder`` (one DICOM file per slice, in the folder or its
+    subfolders) as a ``CTImage``: HU in RAS+ voxel order (reoriented as ``load_ct``
+    reorients a NIfTI), spacing in mm.
 
     Raises:
         ImportError: pydicom is not installed.
