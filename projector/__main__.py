@@ -43,11 +43,12 @@ def view_name(angle: float) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m x2ct.projector",
-        description="Render the DRRs of a CT (NIfTI, HU), or with --radiograph simulate the "
+        description="Render the DRRs of a CT (NIfTI or a DICOM series, HU), or with --radiograph simulate the "
                     "radiographs an X-ray room or C-arm would store.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("ct", type=Path, help="CT volume in HU (.nii or .nii.gz, any orientation)")
+    p.add_argument("ct", type=Path, help="CT volume in HU (.nii or .nii.gz, any orientation, "
+                   "or a folder holding one DICOM CT series)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--angles", type=float, nargs="+", default=[0.0, 90.0],
                    help="gantry angles in degrees (0 AP, 90 lateral with the source at the "
