@@ -48,6 +48,7 @@ __all__ = [
     "PlacementRange",
     "SpinePoint",
     "TRUNCATION_WARN",
+    "crop_around_spine",
     "ct_case",
     "locate",
     "phantom_body",
@@ -279,6 +280,34 @@ def truncation_message(case: Case) -> str | None:
     )
 
 
+def crop_around_spine(
+    ct: CTImage, width_mm: float, mask: np.ndarray | None = None
+) -> tuple[CTImage, np.ndarray | None]:
+    """``ct`` cut to ``width_mm`` x ``width_mm`` (left-right x front-back) around its spine,
+    its whole height kept: a CT reconstructed on a small field around the spine, as spine
+    CT crops are (VerSe, CTSpine1K). The spine's centre is the centroid of ``mask``'s
+    labels when given, else :func:`locate`'s. Returns the crop (its affine places it where
+    it lay in ``ct``) and the mask cut alike."""
+    if not (math.isfinite(width_mm) and width_mm > 0):
+        raise ValueError(f"width_mm must be positive, got {width_mm!r}")
+    spacing = np.asarray(ct.spacing, dtype=np.float64)
+    shape = np.asarray(ct.hu.shape)
+    if mask is not None and np.any(mask > 0):
+        centre = np.array([i.mean() for i in np.nonzero(mask > 0)])
+    else:
+        centre = np.asarray(locate(ct.hu, ct.spacing).centre) / spacing + (shape - 1) / 2
+    start, stop = np.zeros(3, int), shape.copy()
+    for a in (0, 1):
+        n = min(int(shape[a]), max(1, int(round(width_mm / spacing[a]))))
+        start[a] = int(np.clip(round(centre[a] - (n - 1) / 2), 0, shape[a] - n))
+        stop[a] = start[a] + n
+    box = tuple(slice(int(b), int(e)) for b, e in zip(start, stop))
+    affine = ct.affine.copy()
+    affine[:3, 3] = ct.affine[:3, :3] @ start + ct.affine[:3, 3]
+    hu = np.ascontiguousarray(ct.hu[box])
+    return CTImage(hu, ct.spacing, affine), None if mask is None else mask[box]
+
+
 def phantom_body(
     seed: int,
     region: str,
@@ -311,12 +340,17 @@ def phantom_case(
     *,
     options=None,
     locate_by: str = "mask",
+    crop_mm: float | None = None,
     **kwargs,
 ) -> Case:
     """:func:`ct_case` of a whole-body phantom (:func:`phantom_body`) with its labels;
-    ``locate_by="image"`` locates the spine in the image as for a patient's CT."""
+    ``locate_by="image"`` locates the spine in the image as for a patient's CT;
+    ``crop_mm`` cuts the body to that width around its spine first
+    (:func:`crop_around_spine`), as a spine CT crop is cut."""
     from x2ct.data.phantom import phantom_id
 
     body, labels = phantom_body(seed, region, spacing, shape, options)
+    if crop_mm is not None:
+        body, labels = crop_around_spine(body, crop_mm, labels)
     return ct_case(body, shape, spacing, geometry, mask=labels, locate_by=locate_by,
                    case_id=phantom_id(seed), **kwargs)

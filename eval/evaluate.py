@@ -282,6 +282,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="move each case's field off its located spine by MM mm (a random "
                    "direction per case) and turn it by DEG degrees about the body axis (a "
                    "random sign): patients placed otherwise than the training default")
+    p.add_argument("--crop-mm", type=float, default=None, metavar="MM",
+                   help="cut each test CT to MM x MM mm (left-right x front-back) around its "
+                   "spine, the whole height kept, before its case is made: a CT "
+                   "reconstructed on a small field around the spine, as spine CT crops are; "
+                   "its X-rays then see only what the crop holds")
     p.add_argument("--locate-by", choices=("image", "labels"), default="image",
                    help="how each case's spine is found before its field is cut: 'image' "
                    "(x2ct.data.locate_spine, as reconstruct.py does for a CT given alone) or "
@@ -335,6 +340,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--phantom-option applies to --phantoms")
     if args.move is not None and not all(v >= 0 for v in args.move):
         p.error("--move MM DEG must be >= 0")
+    if args.crop_mm is not None and not (math.isfinite(args.crop_mm) and args.crop_mm > 0):
+        p.error("--crop-mm must be a positive width in mm")
     return args
 
 
@@ -499,7 +506,16 @@ def _test_cases(args, shape, spacing, window, geometry, xray_scale, acquisitions
     (eval/radiograph_cases.py), into ``out_dir``/radiographs."""
     from tqdm.auto import tqdm
 
-    from x2ct.data import ct_case, ct_to_drr, find_ct_cases, hu_to_unit, phantom_case, split_of
+    from x2ct.data import (
+        crop_around_spine,
+        ct_case,
+        ct_to_drr,
+        find_ct_cases,
+        hu_to_unit,
+        load_ct,
+        phantom_case,
+        split_of,
+    )
     from x2ct.projector import pose_views, view_vectors
 
     if args.phantoms is not None:
@@ -521,10 +537,14 @@ def _test_cases(args, shape, spacing, window, geometry, xray_scale, acquisitions
             kw["views"] = pose_views(nominal, poses[i].double())
         if kind == "phantom":
             case = phantom_case(src, args.region, shape, spacing, geometry,
-                                options=args.options, **kw)
+                                options=args.options, crop_mm=args.crop_mm, **kw)
         else:
-            case = ct_case(src.image, shape, spacing, geometry, mask=src.label, case_id=src.id,
-                           **kw)
+            image, label = src.image, src.label
+            if args.crop_mm is not None:  # CTCase holds paths
+                if label is not None:
+                    label = np.asarray(load_ct(label).hu).round().astype(np.int16)
+                image, label = crop_around_spine(load_ct(image), args.crop_mm, label)
+            case = ct_case(image, shape, spacing, geometry, mask=label, case_id=src.id, **kw)
         truth = case.hu.clamp(*window)[None].float()  # (1, X, Y, Z)
         with torch.no_grad():  # the truth's DRRs along the nominal views (projection error)
             field = ct_to_drr(hu_to_unit(truth, window), geometry, spacing, window)
@@ -776,6 +796,7 @@ def main(argv=None) -> dict:
             "xray_style": args.xray_style,
             "move": None if args.move is None else
             {"shift_mm": args.move[0], "turn_deg": args.move[1]},
+            "crop_mm": args.crop_mm,
             "data": ({"kind": "phantoms", "n": args.phantoms, "seed": args.phantom_seed,
                       "region": args.region, "options": args.phantom_option}
                      if args.phantoms is not None else

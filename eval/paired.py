@@ -1,11 +1,12 @@
 """Paired comparisons between parts of ``eval/results.sh``: the same phantoms scored two ways.
 
-The radiograph part (8-bit PNG files read back) and the move part (the field 14 mm and 8
-degrees off the spine) use the first phantoms of the lumbar part (ideal DRRs, field in
-place). Their targets are differences on the same cases, so this module matches the rows of
-two ``cases.csv`` files by method and case and reports both means and their difference:
+The radiograph part (8-bit PNG files read back), the move part (the field 14 mm and 8
+degrees off the spine) and the crop part (each CT cut to 136 mm around its spine) use the
+first phantoms of the lumbar part (ideal DRRs through the whole body, field in place).
+Their targets are differences on the same cases, so this module matches the rows of two
+``cases.csv`` files by method and case and reports both means and their difference:
 
-    python -m x2ct.eval.paired runs/results            # radiograph and move vs lumbar
+    python -m x2ct.eval.paired runs/results            # radiograph, move, crop vs lumbar
     python -m x2ct.eval.paired runs/results --parts radiograph --metric ssim_3d --digits 3
 """
 
@@ -21,7 +22,7 @@ from typing import NamedTuple
 
 __all__ = ["PairedRow", "paired_rows", "paired_table", "read_cases"]
 
-PARTS = ("radiograph", "move")
+PARTS = ("radiograph", "move", "crop")
 
 
 class PairedRow(NamedTuple):

@@ -43,8 +43,8 @@ def view_name(angle: float) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m x2ct.projector",
-        description="Render the DRRs of a CT (NIfTI or a DICOM series, HU), or with --radiograph simulate the "
-                    "radiographs an X-ray room or C-arm would store.",
+        description="Render the DRRs of a CT (NIfTI or a DICOM series, HU), or with "
+                    "--radiograph simulate the radiographs an X-ray room or C-arm would store.",
         formatter_class=HelpFormatter,
     )
     p.add_argument("ct", type=Path, help="CT volume in HU (.nii or .nii.gz, any orientation, "

@@ -352,3 +352,25 @@ def test_radiograph_rows_read_simulated_files_as_a_user_would(tmp_path):
         evaluate.main(["--model", str(drr_model), "--phantoms", "1", "--xray-style",
                        "radiograph", "--out", str(tmp_path / "refused"), "--no-progress"])
     assert not (tmp_path / "refused").exists()
+
+
+def test_crop_mm_cuts_the_ct_around_the_spine_before_the_case_is_made(models, tmp_path):
+    """``--crop-mm`` wider than the field: the field (the truth) is the same, so the
+    autoencoder round trip scores the same; the X-rays see only the crop, so the model's
+    reconstruction changes. The width is recorded in the summary."""
+    common = ["--model", str(models / "a" / "model"),
+              "--autoencoder", str(models / "a" / "model" / "autoencoder"),
+              "--phantoms", "1", "--steps", "2", "--num-samples", "1", "--locate-by", "labels",
+              "--no-lpips", "--fid-net", "none", "--no-progress"]
+    whole = evaluate.main([*common, "--out", str(tmp_path / "whole")])
+    cut = evaluate.main([*common, "--crop-mm", "160", "--out", str(tmp_path / "cut")])
+    saved = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert saved["settings"]["crop_mm"] == 160
+    rows = {r["name"]: r["metrics"]["psnr_3d"]["mean"] for r in saved["rows"]}
+    before = {r["name"]: r["metrics"]["psnr_3d"]["mean"]
+              for r in json.loads((tmp_path / "whole" / "summary.json").read_text())["rows"]}
+    assert rows["a autoencoder"] == pytest.approx(before["a autoencoder"], abs=1e-6)
+    assert rows["a"] != pytest.approx(before["a"], abs=1e-3)
+    assert whole is not None and cut is not None
+    with pytest.raises(SystemExit):
+        evaluate.main([*common, "--crop-mm", "0", "--out", str(tmp_path / "bad")])
