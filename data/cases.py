@@ -48,6 +48,7 @@ __all__ = [
     "PlacementRange",
     "SpinePoint",
     "TRUNCATION_WARN",
+    "case_spine",
     "crop_around_spine",
     "ct_case",
     "locate",
@@ -280,22 +281,35 @@ def truncation_message(case: Case) -> str | None:
     )
 
 
+def case_spine(ct: CTImage, spacing: Sequence[float], mask: np.ndarray | None = None,
+               locate_by: str = "mask", z_mm: float | None = None) -> SpinePoint:
+    """Where :func:`ct_case` centres the field of ``ct`` for a model of voxel size
+    ``spacing`` (the spine located in the anti-aliased CT; by ``mask`` when given and
+    ``locate_by`` is "mask")."""
+    native = np.asarray(ct.spacing, dtype=np.float64)
+    hu = antialias(ct.hu, native, tuple(float(s) for s in spacing))
+    return locate(hu, native, mask if locate_by == "mask" else None, z_mm)
+
+
 def crop_around_spine(
-    ct: CTImage, width_mm: float, mask: np.ndarray | None = None
-) -> tuple[CTImage, np.ndarray | None]:
-    """``ct`` cut to ``width_mm`` x ``width_mm`` (left-right x front-back) around its spine,
-    its whole height kept: a CT reconstructed on a small field around the spine, as spine
-    CT crops are (VerSe, CTSpine1K). The spine's centre is the centroid of ``mask``'s
-    labels when given, else :func:`locate`'s. Returns the crop (its affine places it where
-    it lay in ``ct``) and the mask cut alike."""
+    ct: CTImage, width_mm: float, spine: SpinePoint, mask: np.ndarray | None = None
+) -> tuple[CTImage, np.ndarray | None, SpinePoint]:
+    """``ct`` cut to ``width_mm`` x ``width_mm`` (left-right x front-back) around ``spine``
+    (:func:`case_spine`), its whole height kept: a CT reconstructed on a small field around
+    the spine, as spine CT crops are (VerSe, CTSpine1K).
+
+    Returns the crop (its affine places it where it lay in ``ct``), ``mask`` cut alike, and
+    the spine in the crop's centred frame: ``ct_case(crop, ..., spine=...)`` then places the
+    field where it lay in ``ct``, so that only the X-rays change (they see the crop alone).
+    """
     if not (math.isfinite(width_mm) and width_mm > 0):
         raise ValueError(f"width_mm must be positive, got {width_mm!r}")
-    spacing = np.asarray(ct.spacing, dtype=np.float64)
     shape = np.asarray(ct.hu.shape)
-    if mask is not None and np.any(mask > 0):
-        centre = np.array([i.mean() for i in np.nonzero(mask > 0)])
-    else:
-        centre = np.asarray(locate(ct.hu, ct.spacing).centre) / spacing + (shape - 1) / 2
+    if mask is not None and tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"the label mask has shape {tuple(mask.shape)} but the CT "
+                         f"{tuple(shape)}")
+    spacing = np.asarray(ct.spacing, dtype=np.float64)
+    centre = np.asarray(spine.centre) / spacing + (shape - 1) / 2  # voxels
     start, stop = np.zeros(3, int), shape.copy()
     for a in (0, 1):
         n = min(int(shape[a]), max(1, int(round(width_mm / spacing[a]))))
@@ -305,7 +319,11 @@ def crop_around_spine(
     affine = ct.affine.copy()
     affine[:3, 3] = ct.affine[:3, :3] @ start + ct.affine[:3, 3]
     hu = np.ascontiguousarray(ct.hu[box])
-    return CTImage(hu, ct.spacing, affine), None if mask is None else mask[box]
+    # the centred frames differ by the crop's centre, in the CT's voxel axes
+    moved = (start + (stop - start - 1) / 2 - (shape - 1) / 2) * spacing
+    inside = SpinePoint(tuple(float(c) for c in np.asarray(spine.centre) - moved),
+                        spine.method, spine.confidence)
+    return CTImage(hu, ct.spacing, affine), None if mask is None else mask[box], inside
 
 
 def phantom_body(
@@ -351,6 +369,8 @@ def phantom_case(
 
     body, labels = phantom_body(seed, region, spacing, shape, options)
     if crop_mm is not None:
-        body, labels = crop_around_spine(body, crop_mm, labels)
+        spine = kwargs.pop("spine", None) or case_spine(body, spacing, labels, locate_by,
+                                                        kwargs.get("z_mm"))
+        body, labels, kwargs["spine"] = crop_around_spine(body, crop_mm, spine, labels)
     return ct_case(body, shape, spacing, geometry, mask=labels, locate_by=locate_by,
                    case_id=phantom_id(seed), **kwargs)

@@ -27,6 +27,10 @@ Rows (each is scored on the same test cases, at the first model's CT grid):
 Test cases: ``--phantoms N`` procedural spine phantoms with vertebra labels, or
 ``--data DIR`` CTs (VerSe, CTSpine1K or plain NIfTI; ``x2ct.data.find_ct_cases``), its
 ``--split`` (default test, the same hash split training uses; ``all`` for a held-out folder).
+``--crop-mm MM`` cuts each CT to MM x MM mm around its spine first (its whole height
+kept; ``x2ct.data.crop_around_spine``), as spine CT crops are cut, and keeps the field
+where it lay in the whole CT: the truth is the same, the X-rays see only the crop (as
+``reconstruct.py --ct`` renders a cropped CT's).
 ``--pose-jitter DEG MM`` renders every case's X-rays with its own random view poses, as
 real radiographs are taken (each view's angle off by up to DEG degrees, its detector
 shifted by up to MM mm in both directions; ``x2ct.projector.project_posed``, drawn from
@@ -507,6 +511,7 @@ def _test_cases(args, shape, spacing, window, geometry, xray_scale, acquisitions
     from tqdm.auto import tqdm
 
     from x2ct.data import (
+        case_spine,
         crop_around_spine,
         ct_case,
         ct_to_drr,
@@ -540,10 +545,12 @@ def _test_cases(args, shape, spacing, window, geometry, xray_scale, acquisitions
                                 options=args.options, crop_mm=args.crop_mm, **kw)
         else:
             image, label = src.image, src.label
-            if args.crop_mm is not None:  # CTCase holds paths
+            if args.crop_mm is not None:  # located in the whole CT, the field kept there
+                image = load_ct(image)
                 if label is not None:
                     label = np.asarray(load_ct(label).hu).round().astype(np.int16)
-                image, label = crop_around_spine(load_ct(image), args.crop_mm, label)
+                spine = case_spine(image, spacing, label, kw["locate_by"])
+                image, label, kw["spine"] = crop_around_spine(image, args.crop_mm, spine, label)
             case = ct_case(image, shape, spacing, geometry, mask=label, case_id=src.id, **kw)
         truth = case.hu.clamp(*window)[None].float()  # (1, X, Y, Z)
         with torch.no_grad():  # the truth's DRRs along the nominal views (projection error)

@@ -1,21 +1,28 @@
 """A spine CT crop (``x2ct.data.crop_around_spine``): a CT reconstructed on a small field
 around the spine, as VerSe and CTSpine1K crops are; evaluate.py --crop-mm scores models on
-such CTs."""
+such CTs with the field where it lay in the whole CT."""
 
 import numpy as np
 import pytest
 
-from x2ct.data import crop_around_spine, phantom_body
+from x2ct.data import case_spine, crop_around_spine, default_geometry, phantom_body, phantom_case
+
+
+def _world(image, centred_mm):
+    """World (RAS mm) of a point given in an image's centred frame (2 mm voxels)."""
+    voxel = np.asarray(centred_mm) / 2.0 + (np.array(image.hu.shape) - 1) / 2
+    return image.affine @ [*voxel, 1.0]
 
 
 @pytest.fixture(scope="module")
 def body():
-    return phantom_body(90003, "lumbar", (2.0, 2.0, 2.0), (64, 64, 64))
+    return phantom_body(90002, "lumbar", (2.0, 2.0, 2.0), (64, 64, 64))
 
 
 def test_crop_keeps_every_voxel_where_it_lay_and_centres_the_spine(body):
     ct, labels = body
-    crop, cut = crop_around_spine(ct, 136.0, labels)
+    spine = case_spine(ct, (2.0, 2.0, 2.0), labels)
+    crop, cut, inside = crop_around_spine(ct, 136.0, spine, labels)
     assert crop.hu.shape == (68, 68, ct.hu.shape[2]) and crop.spacing == ct.spacing
     # each crop voxel's world position (its affine) is the same voxel's in the whole CT
     start = np.linalg.solve(ct.affine, crop.affine @ [0, 0, 0, 1])[:3]
@@ -24,27 +31,36 @@ def test_crop_keeps_every_voxel_where_it_lay_and_centres_the_spine(body):
     assert c == 0
     np.testing.assert_array_equal(crop.hu, ct.hu[a:a + 68, b:b + 68])
     np.testing.assert_array_equal(cut, labels[a:a + 68, b:b + 68])
-    # the labels' centroid in the middle of the crop, to half a voxel
-    centroid = np.array([i.mean() for i in np.nonzero(cut > 0)])
-    np.testing.assert_allclose(centroid[:2], (np.array(crop.hu.shape[:2]) - 1) / 2, atol=0.51)
-    # the column lies inside (all but the widest tips: sacral alae, transverse processes)
-    assert (cut > 0).sum() >= 0.99 * (labels > 0).sum()
+    # the spine, in the crop's centred frame, within half a voxel of its middle and at the
+    # same world position as in the whole CT
+    assert np.abs(np.asarray(inside.centre[:2])).max() <= 1.0 + 1e-9
+    np.testing.assert_allclose(_world(crop, inside.centre), _world(ct, spine.centre), atol=1e-6)
 
 
-def test_crop_without_labels_finds_the_spine_in_the_image(body):
+def test_the_cropped_case_has_the_same_field_and_fainter_x_rays():
+    """The user's path, the spine found in the image: the field (the truth) is the whole
+    CT's, voxel for voxel; the X-rays miss the body outside the crop."""
+    geometry = default_geometry((64, 64, 64), (2.0, 2.0, 2.0))
+    kw = dict(locate_by="image")
+    whole = phantom_case(90002, "lumbar", (64, 64, 64), (2.0, 2.0, 2.0), geometry, **kw)
+    cut = phantom_case(90002, "lumbar", (64, 64, 64), (2.0, 2.0, 2.0), geometry,
+                       crop_mm=136.0, **kw)
+    np.testing.assert_allclose(cut.affine, whole.affine, atol=1e-6)  # the field, in the world
+    np.testing.assert_allclose(cut.hu.numpy(), whole.hu.numpy(), atol=0.05)  # float rounding
+    np.testing.assert_array_equal(cut.labels.numpy(), whole.labels.numpy())
+    assert float(cut.drr.mean()) < 0.8 * float(whole.drr.mean())
+    assert cut.info["truncation"] > 0.5 and whole.info["truncation"] < 0.05
+
+
+def test_crop_wider_than_the_ct_keeps_it_whole_and_bad_input_is_refused(body):
     ct, labels = body
-    by_labels, _ = crop_around_spine(ct, 120.0, labels)
-    by_image, none = crop_around_spine(ct, 120.0)
-    assert none is None
-    shift_mm = (by_image.affine[:3, 3] - by_labels.affine[:3, 3])
-    assert np.abs(shift_mm).max() <= 6.0  # the localiser's documented accuracy
-
-
-def test_crop_wider_than_the_ct_keeps_it_whole_and_bad_widths_are_refused(body):
-    ct, labels = body
-    crop, _ = crop_around_spine(ct, 1e4, labels)
+    spine = case_spine(ct, (2.0, 2.0, 2.0), labels)
+    crop, _, inside = crop_around_spine(ct, 1e4, spine, labels)
     assert crop.hu.shape == ct.hu.shape
     np.testing.assert_allclose(crop.affine, ct.affine)
+    assert inside.centre == pytest.approx(spine.centre)
     for bad in (0.0, -5.0, float("nan")):
         with pytest.raises(ValueError, match="width_mm"):
-            crop_around_spine(ct, bad, labels)
+            crop_around_spine(ct, bad, spine, labels)
+    with pytest.raises(ValueError, match="label mask has shape"):
+        crop_around_spine(ct, 136.0, spine, labels[:-1])
