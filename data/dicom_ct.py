@@ -8,25 +8,34 @@ pixel in LPS millimetres, ImageOrientationPatient the direction cosines of a row
 increasing column index) and of a column, PixelSpacing the spacing between rows, then
 between columns. HU = stored value * RescaleSlope + RescaleIntercept (C.11.1), per slice.
 
-What is refused, naming the folder or file and the reason, before any pixel is decoded:
-no DICOM image; several CT series (then each is listed with its folder; scout "LOCALIZER"
-images and other modalities are left out by themselves);
-a multi-frame (enhanced) CT; slices with other orientations, sizes or pixel spacings; two
-slices at one position; uneven slice spacing (a missing slice); a sheared stack (gantry
-tilt). Convert such data with dcm2niix, which corrects tilt, and give the NIfTI.
+Read as well: files without the 128-byte preamble; PixelPaddingValue (the pixels outside
+the scanner's reconstruction circle) as air, -1024 HU; slice positions rounded in their
+stored strings. Left out by themselves: scout (LOCALIZER) images, secondary-capture dose
+screens, reports and other modalities. Refused, naming the folder or file and the reason,
+before any pixel is decoded: no CT slices; several CT series (each listed with its series
+number, description and folder); a multi-frame (enhanced) CT; slices with other
+orientations, sizes or pixel spacings; two slices at one position; uneven slice spacing (a
+missing slice); a sheared stack (gantry tilt). Convert such data with dcm2niix, which
+corrects tilt, and give the NIfTI.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 __all__ = ["load_dicom_series"]
 
-# slice positions may differ from even spacing by rounding in the stored decimal strings
-_SPACING_TOLERANCE = 0.01  # relative
+AIR_HU = -1024.0  # what padding outside the reconstruction circle becomes
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+# slice positions differ from even spacing by the rounding of their stored decimal strings
+# (some scanners write 0.1 mm); a missing slice moves one gap by a whole slice spacing
+_GAP_TOLERANCE_MM = 0.15
 _POSITION_TOLERANCE_MM = 0.05
 _SHEAR_TOLERANCE_MM = 0.1  # a 1-degree gantry tilt shears 100 slices of 2.5 mm by 4.4 mm
 _GEOMETRY_TAGS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows",
@@ -44,60 +53,77 @@ def _pydicom(folder: Path):
     return pydicom
 
 
-def _headers(folder: Path, pydicom) -> list[tuple[Path, object]]:
+def _headers(folder: Path, pydicom) -> tuple[list[tuple[Path, object]], list[Path]]:
     """(file, header) of every DICOM file in ``folder`` and its subfolders (a PACS export
-    nests its series: PATIENT/STUDY/SERIES/IMAGE); other files are skipped."""
-    found = []
+    nests its series: PATIENT/STUDY/SERIES/IMAGE), and the files that are not DICOM. Files
+    without the 128-byte preamble (older exports) are read too."""
+    found, skipped = [], []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         if path.name.startswith(".") or path.name.upper() == "DICOMDIR":
             continue
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            with warnings.catch_warnings():  # force=True guesses at files that are not DICOM
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+                ok = "SOPClassUID" in ds or "Rows" in ds
         except Exception:  # not DICOM (pydicom raises several types)
-            continue
-        found.append((path, ds))
-    return found
+            ok = False
+        if ok:
+            found.append((path, ds))
+        else:
+            skipped.append(path)
+    return found, skipped
 
 
-def _series(folder: Path, headers: list) -> list[tuple[Path, object]]:
-    """The one CT image series among ``headers``, scouts left out."""
-    images = [(p, ds) for p, ds in headers if "Rows" in ds]  # image storage, not reports
+def _series(folder: Path, headers: list, skipped: list) -> list[tuple[Path, object]]:
+    """The one CT image series among ``headers``: CT Image Storage slices, scouts left out
+    (secondary-capture dose screens, reports and other modalities are not CT slices)."""
+    images = [(p, ds) for p, ds in headers if "Rows" in ds]
     if not images:
-        raise ValueError(f"{folder}: no DICOM images in the folder or its subfolders; expected "
-                         "one CT series, a file per slice")
-    modalities = sorted({str(getattr(ds, "Modality", "?")) for _, ds in images})
-    ct = [(p, ds) for p, ds in images if str(getattr(ds, "Modality", "")) == "CT"]
+        note = (f" ({len(skipped)} files are not DICOM, e.g. {skipped[0].name})"
+                if skipped else "")
+        raise ValueError(f"{folder}: no DICOM images in the folder or its subfolders{note}; "
+                         "expected one CT series, a file per slice")
+    sop = {str(getattr(ds, "SOPClassUID", "")) for _, ds in images}
+    ct = [(p, ds) for p, ds in images if str(getattr(ds, "Modality", "")) == "CT"
+          and str(getattr(ds, "SOPClassUID", CT_IMAGE_STORAGE)) == CT_IMAGE_STORAGE
+          and "LOCALIZER" not in [str(v).upper() for v in getattr(ds, "ImageType", [])]]
     if not ct:
-        raise ValueError(f"{folder}: the DICOM images are of modality {', '.join(modalities)}; "
-                         "expected a CT series (Modality CT)")
-    ct = [(p, ds) for p, ds in ct
-          if "LOCALIZER" not in [str(v).upper() for v in getattr(ds, "ImageType", [])]]
-    if not ct:
-        raise ValueError(f"{folder}: only CT localizer (scout) images; expected an axial series")
+        enhanced = [p for p, ds in images
+                    if str(getattr(ds, "SOPClassUID", "")) == ENHANCED_CT_IMAGE_STORAGE
+                    or int(getattr(ds, "NumberOfFrames", 1) or 1) > 1]
+        if enhanced:
+            raise ValueError(f"{enhanced[0]}: a multi-frame (enhanced) CT is not read; convert "
+                             "it to NIfTI with dcm2niix")
+        modalities = sorted({str(getattr(ds, "Modality", "?")) for _, ds in images})
+        raise ValueError(f"{folder}: no axial CT slices (CT Image Storage) among its DICOM "
+                         f"images (modality {', '.join(modalities)}; SOP classes "
+                         f"{', '.join(sorted(sop))}); expected a CT series")
     groups: dict[str, list] = {}
     for p, ds in ct:
         groups.setdefault(str(getattr(ds, "SeriesInstanceUID", "")), []).append((p, ds))
     if len(groups) > 1:
         listing = "; ".join(
-            f"{files[0][0].parent}: {len(files)} files, "
-            f"{str(getattr(files[0][1], 'SeriesDescription', '')) or 'no description'}"
-            for uid, files in groups.items()
+            f"series {getattr(files[0][1], 'SeriesNumber', '?')} "
+            f"'{str(getattr(files[0][1], 'SeriesDescription', '')) or 'no description'}' "
+            f"({len(files)} files in {files[0][0].parent})"
+            for files in groups.values()
         )
-        raise ValueError(f"{folder}: {len(groups)} CT series ({listing}); give the folder of "
-                         "the one to read, holding that series alone")
+        raise ValueError(f"{folder}: {len(groups)} CT series: {listing}; give a folder that "
+                         "holds the one to read alone")
     return next(iter(groups.values()))
 
 
 def _geometry(folder: Path, files: list) -> tuple[list, np.ndarray, np.ndarray]:
     """The slices sorted along the stack, the voxel-to-LPS affine and the slice gap."""
     for p, ds in files:
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        if frames > 1:
+            raise ValueError(f"{p}: a multi-frame CT of {frames} frames is not read; convert "
+                             "it to NIfTI with dcm2niix")
         missing = [t for t in _GEOMETRY_TAGS if t not in ds]
         if missing:
             raise ValueError(f"{p}: no {', '.join(missing)}; a CT slice needs them to be placed")
-        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-        if frames > 1:
-            raise ValueError(f"{p}: a multi-frame (enhanced) CT of {frames} frames is not read; "
-                             "convert it to NIfTI with dcm2niix")
     first_path, first = files[0]
     orient = np.asarray([float(v) for v in first.ImageOrientationPatient], dtype=np.float64)
     pixel = np.asarray([float(v) for v in first.PixelSpacing], dtype=np.float64)
@@ -134,9 +160,8 @@ def _geometry(folder: Path, files: list) -> tuple[list, np.ndarray, np.ndarray]:
     for k in np.flatnonzero(gaps < _POSITION_TOLERANCE_MM):
         raise ValueError(f"{files[k][0]} and {files[k + 1][0].name} lie at the same position "
                          f"({along[k]:.3f} mm along the stack); expected one slice a position")
-    gap = float(np.median(gaps))
-    uneven = np.flatnonzero(np.abs(gaps - gap) > max(_SPACING_TOLERANCE * gap,
-                                                      _POSITION_TOLERANCE_MM))
+    gap = float((along[-1] - along[0]) / (len(files) - 1))  # the mean: rounding averages out
+    uneven = np.flatnonzero(np.abs(gaps - gap) > min(_GAP_TOLERANCE_MM, 0.45 * gap))
     if uneven.size:
         k = int(uneven[0])
         raise ValueError(
@@ -160,6 +185,18 @@ def _geometry(folder: Path, files: list) -> tuple[list, np.ndarray, np.ndarray]:
     return files, lps, gap
 
 
+def _padding(ds, stored: np.ndarray) -> np.ndarray | None:
+    """Where ``stored`` holds PixelPaddingValue (up to PixelPaddingRangeLimit when given):
+    pixels outside the scanner's reconstruction field, not tissue."""
+    if "PixelPaddingValue" not in ds:
+        return None
+    a = int(ds.PixelPaddingValue)
+    b = int(getattr(ds, "PixelPaddingRangeLimit", a))
+    lo, hi = min(a, b), max(a, b)
+    mask = (stored >= lo) & (stored <= hi)
+    return mask if mask.any() else None
+
+
 def load_dicom_series(folder: str | os.PathLike):
     """Read the CT series in ``folder`` (one DICOM file per slice, in the folder or its
     subfolders) as a ``CTImage``: HU in RAS+ voxel order (reoriented as ``load_ct``
@@ -179,7 +216,7 @@ def load_dicom_series(folder: str | os.PathLike):
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder (expected a DICOM CT series)")
     pydicom = _pydicom(folder)
-    files, lps, gap = _geometry(folder, _series(folder, _headers(folder, pydicom)))
+    files, lps, gap = _geometry(folder, _series(folder, *_headers(folder, pydicom)))
     shape = (int(files[0][1].Columns), int(files[0][1].Rows), len(files))
     if int(np.prod(shape, dtype=object)) > MAX_CT_VOXELS:
         raise ValueError(f"{folder}: {shape} voxels is more than the {MAX_CT_VOXELS} this "
@@ -191,7 +228,7 @@ def load_dicom_series(folder: str | os.PathLike):
     hu = np.empty(shape, dtype=np.float32)
     for k, (path, _) in enumerate(files):
         try:
-            ds = pydicom.dcmread(path)
+            ds = pydicom.dcmread(path, force=True)  # as its header was read
         except Exception as e:
             raise ValueError(f"{path}: cannot read the DICOM file ({e})") from e
         try:
@@ -207,7 +244,11 @@ def load_dicom_series(folder: str | os.PathLike):
                              f"{shape[1]} x {shape[0]}")
         slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
         intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
-        hu[:, :, k] = (stored.astype(np.float32) * slope + intercept).T
+        values = stored.astype(np.float32) * slope + intercept
+        padding = _padding(ds, stored)
+        if padding is not None:  # outside the reconstruction circle: air (PS3.3 C.7.5.1.1.2)
+            values[padding] = AIR_HU
+        hu[:, :, k] = values.T
     if not np.all(np.isfinite(hu)):
         raise ValueError(f"{folder}: non-finite HU after rescaling; check RescaleSlope")
     ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
