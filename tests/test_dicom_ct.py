@@ -216,3 +216,42 @@ def test_without_pydicom_the_error_says_what_to_install(tmp_path, monkeypatch):
     with pytest.raises(ImportError, match=r"x2ct\[dicom\]") as e:
         load_ct(tmp_path)
     assert str(tmp_path) in str(e.value)
+
+
+def test_a_scanners_slices_read_as_nibabel_reads_them(tmp_path):
+    """pydicom's CT_small.dcm (a GE scanner's slice: signed 16-bit pixels, intercept -1024)
+    made into a 4-slice series, written shuffled: every voxel lies where nibabel's DICOM
+    wrapper (an independent reader) puts that pixel, with the HU it computes."""
+    import copy
+    import warnings
+
+    from pydicom.data import get_testdata_file
+
+    with warnings.catch_warnings():  # "highly experimental": it is the oracle here
+        warnings.simplefilter("ignore", UserWarning)
+        from nibabel.nicom import dicomwrappers
+    source = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    folder = tmp_path / "ge"
+    folder.mkdir()
+    for k in (2, 0, 3, 1):
+        ds = copy.deepcopy(source)
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        x, y, z = (float(v) for v in source.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y, z + 2.5 * k]
+        # shifted down so that some stored values are negative (signed pixel data)
+        stored = source.pixel_array.astype(np.int32) - 300 + 7 * k
+        ds.PixelData = stored.astype(np.int16).tobytes()
+        ds.save_as(folder / f"slice{k}")
+    ct = load_ct(folder)
+    assert ct.hu.shape == (128, 128, 4)
+    to_voxel = np.linalg.inv(np.diag([-1.0, -1.0, 1.0, 1.0]) @ ct.affine)  # LPS -> our voxels
+    for k in range(4):
+        w = dicomwrappers.wrapper_from_file(folder / f"slice{k}")
+        values = w.get_data()  # (columns, rows) of HU, as nibabel transposes and rescales
+        i, j = np.meshgrid(np.arange(values.shape[0]), np.arange(values.shape[1]), indexing="ij")
+        world = w.affine @ np.stack([i.ravel(), j.ravel(), np.zeros(i.size), np.ones(i.size)])
+        ijk = to_voxel @ world
+        idx = np.rint(ijk[:3]).astype(int)
+        np.testing.assert_allclose(ijk[:3], idx, atol=1e-3)
+        np.testing.assert_array_equal(ct.hu[tuple(idx)], values.ravel())
+        assert values.min() < -1024  # negative stored values read as signed
