@@ -74,17 +74,31 @@ def launch_two_processes(script: list[str], port: int, timeout: float = 600):
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+GRADIENT_RTOL = 1e-2
+"""Relative L2 difference allowed per parameter tensor between the two-process and the
+one-process gradient. Both are float32 sums over the same voxels in another order (two
+halves all-reduced against one batch); a bias's gradient sums a whole feature map with
+cancellation, and on some CPUs differs by up to 3e-3 of its norm (elementwise, a few 1e-3
+of its largest entry). The bugs the test is for are far larger: a sum over ranks instead
+of a mean doubles the gradient (relative difference 1), ranks drawing other samples than
+their half change it at order 1."""
+
+
 def assert_same_gradients(two: Path, one: Path) -> None:
     """The gradient both ranks of a two-process run stepped with (tests/grad_probe.py) is
     the one-process gradient at twice the batch: equal on the two ranks, and equal to the
-    single process's up to float32 summation order."""
+    single process's up to float32 summation order (``GRADIENT_RTOL`` per tensor, a tenth
+    of it over the whole gradient)."""
     g0, g1 = load_file(str(two / "grad_rank0.safetensors")), load_file(
         str(two / "grad_rank1.safetensors")
     )
     single = load_file(str(one / "grad_rank0.safetensors"))
     assert sorted(g0) == sorted(single) == sorted(g1) and len(single) > 0
-    scale = max(float(g.abs().max()) for g in single.values())
-    assert scale > 0
+    total_diff = total = 0.0
     for name, g in single.items():
         torch.testing.assert_close(g0[name], g1[name], rtol=0, atol=0, msg=name)
-        torch.testing.assert_close(g0[name], g, rtol=1e-3, atol=1e-5 * scale, msg=name)
+        diff, norm = float((g0[name] - g).double().norm()), float(g.double().norm())
+        assert diff <= GRADIENT_RTOL * norm + 1e-12, (name, diff, norm)
+        total_diff, total = total_diff + diff**2, total + norm**2
+    assert total > 0
+    assert total_diff**0.5 <= 0.1 * GRADIENT_RTOL * total**0.5, (total_diff**0.5, total**0.5)
