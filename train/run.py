@@ -90,6 +90,15 @@ def build_accelerator(
         log_with=log_with,
         project_config=ProjectConfiguration(project_dir=str(run.root), logging_dir=str(run.logs)),
     )
+    if (accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu"
+            and torch.backends.mkldnn.enabled):
+        # oneDNN's bf16 Conv3d weight gradient is intermittently NaN on some CPUs (torch
+        # 2.13: 12 of 200 random 16-channel convolutions on this project's CI machine; none
+        # with oneDNN off), which would skip those updates; PyTorch's own kernels are exact
+        torch.backends.mkldnn.enabled = False
+        accelerator.print("bf16 on a CPU: oneDNN convolutions turned off for this process "
+                          "(their bf16 weight gradients can be NaN); slower, but every update "
+                          "counts")
     problem = ""
     if accelerator.is_main_process:
         try:
