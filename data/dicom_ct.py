@@ -12,8 +12,8 @@ Read as well: files without the 128-byte preamble; PixelPaddingValue (the pixels
 the scanner's reconstruction circle) as air, -1024 HU; slice positions rounded in their
 stored strings. Left out by themselves: scout (LOCALIZER) images, secondary-capture dose
 screens, reports and other modalities. Refused, naming the folder or file and the reason,
-before any pixel is decoded: no CT slices; several CT series (each listed with its series
-number, description and folder); a multi-frame (enhanced) CT; slices with other
+before any pixel is decoded: no CT slices; several CT series unless one is chosen (each
+listed with its number, description, folder and UID); a multi-frame (enhanced) CT; slices with other
 orientations, sizes or pixel spacings; two slices at one position; uneven slice spacing (a
 missing slice); a sheared stack (gantry tilt). Convert such data with dcm2niix, which
 corrects tilt, and give the NIfTI.
@@ -75,8 +75,10 @@ def _headers(folder: Path, pydicom) -> tuple[list[tuple[Path, object]], list[Pat
     return found, skipped
 
 
-def _series(folder: Path, headers: list, skipped: list) -> list[tuple[Path, object]]:
-    """The one CT image series among ``headers``: CT Image Storage slices, scouts left out
+def _series(folder: Path, headers: list, skipped: list,
+            series: str | None = None) -> list[tuple[Path, object]]:
+    """The CT image series among ``headers`` (the one there is, or ``series``, a
+    SeriesNumber or SeriesInstanceUID): CT Image Storage slices, scouts left out
     (secondary-capture dose screens, reports and other modalities are not CT slices)."""
     images = [(p, ds) for p, ds in headers if "Rows" in ds]
     if not images:
@@ -102,15 +104,24 @@ def _series(folder: Path, headers: list, skipped: list) -> list[tuple[Path, obje
     groups: dict[str, list] = {}
     for p, ds in ct:
         groups.setdefault(str(getattr(ds, "SeriesInstanceUID", "")), []).append((p, ds))
+    listing = "; ".join(
+        f"series {getattr(files[0][1], 'SeriesNumber', '?')} "
+        f"'{str(getattr(files[0][1], 'SeriesDescription', '')) or 'no description'}' "
+        f"({len(files)} files in {files[0][0].parent}; UID {uid or '?'})"
+        for uid, files in groups.items()
+    )
+    if series is not None:
+        chosen = [files for uid, files in groups.items()
+                  if str(series) in (uid, str(getattr(files[0][1], "SeriesNumber", "")))]
+        if len(chosen) != 1:
+            found = "no" if not chosen else f"{len(chosen)}"
+            raise ValueError(f"{folder}: {found} CT series numbered or identified {series!r} "
+                             f"among {listing}; give its SeriesInstanceUID")
+        return chosen[0]
     if len(groups) > 1:
-        listing = "; ".join(
-            f"series {getattr(files[0][1], 'SeriesNumber', '?')} "
-            f"'{str(getattr(files[0][1], 'SeriesDescription', '')) or 'no description'}' "
-            f"({len(files)} files in {files[0][0].parent})"
-            for files in groups.values()
-        )
-        raise ValueError(f"{folder}: {len(groups)} CT series: {listing}; give a folder that "
-                         "holds the one to read alone")
+        raise ValueError(f"{folder}: {len(groups)} CT series: {listing}; choose one by its "
+                         "number or UID (reconstruct --series, load_ct(..., series=)) or give "
+                         "a folder that holds it alone")
     return next(iter(groups.values()))
 
 
@@ -197,10 +208,12 @@ def _padding(ds, stored: np.ndarray) -> np.ndarray | None:
     return mask if mask.any() else None
 
 
-def load_dicom_series(folder: str | os.PathLike):
+def load_dicom_series(folder: str | os.PathLike, series: str | int | None = None):
     """Read the CT series in ``folder`` (one DICOM file per slice, in the folder or its
     subfolders) as a ``CTImage``: HU in RAS+ voxel order (reoriented as ``load_ct``
-    reorients a NIfTI), spacing in mm.
+    reorients a NIfTI), spacing in mm. Where the folder holds several CT series (a study's
+    soft-tissue and bone reconstructions), ``series`` picks one by its SeriesNumber or
+    SeriesInstanceUID.
 
     Raises:
         ImportError: pydicom is not installed.
@@ -216,7 +229,8 @@ def load_dicom_series(folder: str | os.PathLike):
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder (expected a DICOM CT series)")
     pydicom = _pydicom(folder)
-    files, lps, gap = _geometry(folder, _series(folder, *_headers(folder, pydicom)))
+    chosen = None if series is None else str(series)
+    files, lps, gap = _geometry(folder, _series(folder, *_headers(folder, pydicom), chosen))
     shape = (int(files[0][1].Columns), int(files[0][1].Rows), len(files))
     if int(np.prod(shape, dtype=object)) > MAX_CT_VOXELS:
         raise ValueError(f"{folder}: {shape} voxels is more than the {MAX_CT_VOXELS} this "

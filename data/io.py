@@ -176,11 +176,12 @@ def _unit_factor(path: Path, header) -> float:
     return _UNIT_TO_MM[unit]
 
 
-def load_ct(path: str | os.PathLike) -> CTImage:
+def load_ct(path: str | os.PathLike, series: str | int | None = None) -> CTImage:
     """Read a NIfTI CT volume as HU in RAS+ voxel order, spacing in mm.
 
     A folder is read as one DICOM CT series, a file per slice
-    (``x2ct.data.dicom_ct.load_dicom_series``, needs pydicom), reoriented alike.
+    (``x2ct.data.dicom_ct.load_dicom_series``, needs pydicom), reoriented alike; ``series``
+    (a SeriesNumber or SeriesInstanceUID) picks one where the folder holds several.
 
     The image is reoriented with ``nibabel.as_closest_canonical`` (axis flips and
     permutations only; an oblique affine keeps its rotation), its scaling
@@ -203,7 +204,10 @@ def load_ct(path: str | os.PathLike) -> CTImage:
     if path.is_dir():
         from x2ct.data.dicom_ct import load_dicom_series
 
-        return load_dicom_series(path)
+        return load_dicom_series(path, series)
+    if series is not None:
+        raise ValueError(f"{path}: a series is chosen only in a folder of DICOM series, not "
+                         "in a NIfTI file")
     if _nifti_suffix(path) is None:
         raise ValueError(f"{path}: expected a NIfTI CT volume (.nii or .nii.gz) or a folder "
                          "holding one DICOM CT series")

@@ -16,8 +16,9 @@
   integrals. Distances or angles outside what the model was trained for are refused with
   the range named (``--allow-geometry-mismatch`` reconstructs anyway); blank or constant
   images are refused and views that look swapped are flagged.
-- ``--ct``: a NIfTI CT, or a folder holding one DICOM CT series (a file per slice, read
-  with pydicom: ``x2ct.data.load_dicom_series``); a whole patient CT, any size and
+- ``--ct``: a NIfTI CT, or a folder holding a DICOM CT series (a file per slice, read
+  with pydicom: ``x2ct.data.load_dicom_series``; ``--series`` picks one by its number or
+  UID where the folder holds several); a whole patient CT, any size and
   spacing. Made into a case as evaluation and training make theirs (``x2ct.data.ct_case``):
   the spine is located (``--labels`` vertebra labels, else ``x2ct.data.localise``), the
   model's field is cut around it (moved by ``--shift/--turn/--tilt``, at height ``--z``),
@@ -98,15 +99,18 @@ def ct_inputs(path, config: dict, ae_config: dict, args) -> tuple:
     ``--turn``, ``--tilt``, at height ``--z``), X-rays through the whole CT along the
     model's views. Returns (case, truth HU (1, 1, X, Y, Z) clipped to the window, X-rays
     (1, V, H, W) normalised, the field's own DRRs (1, V, H, W) normalised)."""
-    from x2ct.data import ct_case
+    from x2ct.data import ct_case, load_ct
     from x2ct.projector import DRR_SCALE, Geometry
 
     spacing = tuple(ae_config["spacing"])
     window = tuple(ae_config["hu_window"])
     shape = tuple(n * config["downsample_factor"] for n in config["latent_size"])
     scale = float(config.get("xray_scale", DRR_SCALE))
+    series = getattr(args, "series", None)
+    ct = path if series is None else load_ct(path, series=series)  # one of a folder's series
     case = ct_case(
-        path, shape, spacing, Geometry.from_dict(config["geometry"]), mask=args.labels,
+        ct, shape, spacing, Geometry.from_dict(config["geometry"]), mask=args.labels,
+        case_id=str(path),
         shift_mm=tuple(args.shift), turn_deg=args.turn, tilt_deg=tuple(args.tilt),
         z_mm=args.z, window=window,
     )
@@ -168,6 +172,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--ct", help="NIfTI CT or DICOM series folder: simulate its X-rays, "
                      "reconstruct and score")
+    p.add_argument("--series", default=None,
+                   help="--ct FOLDER holding several DICOM CT series: the one to read, by its "
+                   "SeriesNumber or SeriesInstanceUID")
     src.add_argument("--ap", help="AP X-ray image (with --lateral)")
     p.add_argument("--lateral", help="lateral X-ray image (with --ap)")
     p.add_argument("--shift", type=float, nargs=3, default=(0.0, 0.0, 0.0),
@@ -358,6 +365,8 @@ def main(argv=None) -> dict:
         require_export_libraries(args.format, args.mesh)
         if args.ct is not None and not Path(args.ct).exists():
             raise FileNotFoundError(f"{args.ct}: no such CT file or DICOM folder")
+        if args.series is not None and not (args.ct is not None and Path(args.ct).is_dir()):
+            raise ValueError("--series chooses a DICOM series of a --ct folder")
         for path in (args.ap, args.lateral, args.geometry, args.labels):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{path}: no such file")

@@ -93,6 +93,25 @@ def test_rescale_is_applied_per_slice_and_scouts_are_left_out(tmp_path):
     np.testing.assert_array_equal(read.hu, expected)
 
 
+def test_one_of_several_series_is_chosen_by_number_or_uid(tmp_path):
+    """A flat study export: soft-tissue and bone reconstructions in one folder."""
+    ct, folder = _nifti_and_series(tmp_path, AFFINES["ras"])
+    write_dicom_series(tmp_path / "bone", np.full_like(ct.hu, 700.0), AFFINES["ras"],
+                       series_number=3)
+    for f in (tmp_path / "bone").glob("*.dcm"):
+        f.rename(folder / f"bone_{f.name}")
+    with pytest.raises(ValueError, match="2 CT series.*--series"):
+        load_ct(folder)
+    np.testing.assert_array_equal(load_ct(folder, series=1001).hu, ct.hu)
+    assert float(load_ct(folder, series="3").hu.mean()) == 700.0
+    uid = str(pydicom.dcmread(next(folder.glob("bone_*"))).SeriesInstanceUID)
+    assert float(load_ct(folder, series=uid).hu.mean()) == 700.0
+    with pytest.raises(ValueError, match=r"no CT series numbered or identified '9'.*series 3"):
+        load_ct(folder, series=9)
+    with pytest.raises(ValueError, match="not in a NIfTI"):
+        load_ct(tmp_path / "ct.nii.gz", series=3)
+
+
 def _broken(tmp_path, how):
     _, folder = _nifti_and_series(tmp_path, AFFINES["ras"])
     files = sorted(folder.glob("*.dcm"))
@@ -135,7 +154,7 @@ def _broken(tmp_path, how):
 
 @pytest.mark.parametrize("how, message", [
     ("missing slice", "missing or extra slice"),
-    ("two series", r"2 CT series: series 1001 .*7 files in .*dicom\).*7 files in .*other"),
+    ("two series", r"2 CT series: series 1001 .*7 files in .*dicom; UID .*7 files in .*other"),
     ("enhanced", "multi-frame"),
     ("duplicate", "same position"),
     ("tilt", "gantry tilt"),

@@ -172,6 +172,18 @@ def test_from_a_dicom_ct_folder_as_from_its_nifti(tmp_path, model_dir):
     common = ["--model", str(model_dir), "--steps", "2", "--num-samples", "1", "--seed", "3"]
     a = main([*common, "--ct", str(nifti), "--out", str(tmp_path / "a")])
     b = main([*common, "--ct", str(tmp_path / "series"), "--out", str(tmp_path / "b")])
+    # a study's second reconstruction in the same folder: refused, unless --series picks one
+    write_dicom_series(tmp_path / "other", np.full_like(ct.hu, 40.0), ct.affine,
+                       series_number=7)
+    for f in (tmp_path / "other").glob("*.dcm"):
+        f.rename(tmp_path / "series" / f"bone_{f.name}")
+    with pytest.raises(InputError, match="2 CT series"):
+        main([*common, "--ct", str(tmp_path / "series"), "--out", str(tmp_path / "c")])
+    picked = main([*common, "--ct", str(tmp_path / "series"), "--series", "1001",
+                   "--out", str(tmp_path / "d")])
+    assert picked["psnr"] == pytest.approx(a["psnr"], abs=1e-4)
+    with pytest.raises(InputError, match="--series chooses"):
+        main([*common, "--ct", str(nifti), "--series", "7", "--out", str(tmp_path / "c")])
     assert b["psnr"] == pytest.approx(a["psnr"], abs=1e-4)
     np.testing.assert_allclose(load_ct(tmp_path / "b" / "ct.nii.gz").hu,
                                load_ct(tmp_path / "a" / "ct.nii.gz").hu, atol=1e-2)
