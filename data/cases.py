@@ -48,7 +48,6 @@ __all__ = [
     "PlacementRange",
     "SpinePoint",
     "TRUNCATION_WARN",
-    "case_spine",
     "crop_around_spine",
     "ct_case",
     "locate",
@@ -176,6 +175,7 @@ def ct_case(
     locate_by: str = "mask",
     materials: bool = False,
     keep_body: bool = False,
+    crop_mm: float | None = None,
 ) -> Case:
     """The model's field of a CT and its X-rays through the whole CT.
 
@@ -202,6 +202,9 @@ def ct_case(
         materials: also render the basis-material paths (``Case.paths``) for the
             radiograph simulator (three more projections).
         keep_body: keep the whole body volume in ``Case.body``.
+        crop_mm: cut the CT to this width around the spine found in it, as a spine CT crop
+            is cut (:func:`crop_around_spine`), before the field is placed: the field lies
+            where it would in the whole CT, the X-rays see the crop alone.
     """
     if locate_by not in ("mask", "image"):
         raise ValueError(f"locate_by must be 'mask' or 'image', got {locate_by!r}")
@@ -222,6 +225,12 @@ def ct_case(
     hu = antialias(ct.hu, native, spacing)  # smoothed once; both products sample it
     if spine is None:
         spine = locate(hu, native, mask if locate_by == "mask" else None, z_mm)
+    if crop_mm is not None:
+        if placement is not None:
+            raise ValueError("crop_mm places the field at the spine found before the crop: "
+                             "move it with shift_mm/turn_deg/tilt_deg, not a placement")
+        ct, mask, spine = crop_around_spine(ct, crop_mm, spine, mask)
+        hu = antialias(ct.hu, native, spacing)
     if placement is None:
         placement = Placement(spine.centre).moved(shift_mm, turn_deg, *tilt_deg)
     target = sample_field(hu, tuple(native), placement, shape, spacing)
@@ -281,21 +290,11 @@ def truncation_message(case: Case) -> str | None:
     )
 
 
-def case_spine(ct: CTImage, spacing: Sequence[float], mask: np.ndarray | None = None,
-               locate_by: str = "mask", z_mm: float | None = None) -> SpinePoint:
-    """Where :func:`ct_case` centres the field of ``ct`` for a model of voxel size
-    ``spacing`` (the spine located in the anti-aliased CT; by ``mask`` when given and
-    ``locate_by`` is "mask")."""
-    native = np.asarray(ct.spacing, dtype=np.float64)
-    hu = antialias(ct.hu, native, tuple(float(s) for s in spacing))
-    return locate(hu, native, mask if locate_by == "mask" else None, z_mm)
-
-
 def crop_around_spine(
     ct: CTImage, width_mm: float, spine: SpinePoint, mask: np.ndarray | None = None
 ) -> tuple[CTImage, np.ndarray | None, SpinePoint]:
     """``ct`` cut to ``width_mm`` x ``width_mm`` (left-right x front-back) around ``spine``
-    (:func:`case_spine`), its whole height kept: a CT reconstructed on a small field around
+    (as :func:`locate` finds it), its whole height kept: a CT reconstructed on a small field around
     the spine, as spine CT crops are (VerSe, CTSpine1K).
 
     Returns the crop (its affine places it where it lay in ``ct``), ``mask`` cut alike, and
@@ -358,19 +357,12 @@ def phantom_case(
     *,
     options=None,
     locate_by: str = "mask",
-    crop_mm: float | None = None,
     **kwargs,
 ) -> Case:
     """:func:`ct_case` of a whole-body phantom (:func:`phantom_body`) with its labels;
-    ``locate_by="image"`` locates the spine in the image as for a patient's CT;
-    ``crop_mm`` cuts the body to that width around its spine first
-    (:func:`crop_around_spine`), as a spine CT crop is cut."""
+    ``locate_by="image"`` locates the spine in the image as for a patient's CT."""
     from x2ct.data.phantom import phantom_id
 
     body, labels = phantom_body(seed, region, spacing, shape, options)
-    if crop_mm is not None:
-        spine = kwargs.pop("spine", None) or case_spine(body, spacing, labels, locate_by,
-                                                        kwargs.get("z_mm"))
-        body, labels, kwargs["spine"] = crop_around_spine(body, crop_mm, spine, labels)
     return ct_case(body, shape, spacing, geometry, mask=labels, locate_by=locate_by,
                    case_id=phantom_id(seed), **kwargs)

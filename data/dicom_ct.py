@@ -30,6 +30,8 @@ import numpy as np
 __all__ = ["load_dicom_series"]
 
 AIR_HU = -1024.0  # what padding outside the reconstruction circle becomes
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+"""World RAS+ (NIfTI, x2ct) to DICOM's LPS patient coordinates, and back: its own inverse."""
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
@@ -127,11 +129,7 @@ def _series(folder: Path, headers: list, skipped: list,
 
 def _geometry(folder: Path, files: list) -> tuple[list, np.ndarray, np.ndarray]:
     """The slices sorted along the stack, the voxel-to-LPS affine and the slice gap."""
-    for p, ds in files:
-        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-        if frames > 1:
-            raise ValueError(f"{p}: a multi-frame CT of {frames} frames is not read; convert "
-                             "it to NIfTI with dcm2niix")
+    for p, ds in files:  # CT Image Storage (_series): one frame a file
         missing = [t for t in _GEOMETRY_TAGS if t not in ds]
         if missing:
             raise ValueError(f"{p}: no {', '.join(missing)}; a CT slice needs them to be placed")
@@ -265,7 +263,7 @@ def load_dicom_series(folder: str | os.PathLike, series: str | int | None = None
         hu[:, :, k] = values.T
     if not np.all(np.isfinite(hu)):
         raise ValueError(f"{folder}: non-finite HU after rescaling; check RescaleSlope")
-    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    ras = RAS_TO_LPS @ lps
     canonical = nib.as_closest_canonical(nib.Nifti1Image(hu, ras))
     data = np.ascontiguousarray(canonical.get_fdata(dtype=np.float32))
     affine = np.asarray(canonical.affine, dtype=np.float64)

@@ -28,7 +28,7 @@ Test cases: ``--phantoms N`` procedural spine phantoms with vertebra labels, or
 ``--data DIR`` CTs (VerSe, CTSpine1K or plain NIfTI; ``x2ct.data.find_ct_cases``), its
 ``--split`` (default test, the same hash split training uses; ``all`` for a held-out folder).
 ``--crop-mm MM`` cuts each CT to MM x MM mm around its spine first (its whole height
-kept; ``x2ct.data.crop_around_spine``), as spine CT crops are cut, and keeps the field
+kept; ``ct_case(crop_mm=)``), as spine CT crops are cut, and keeps the field
 where it lay in the whole CT: the truth is the same, the X-rays see only the crop (as
 ``reconstruct.py --ct`` renders a cropped CT's).
 ``--pose-jitter DEG MM`` renders every case's X-rays with its own random view poses, as
@@ -510,17 +510,7 @@ def _test_cases(args, shape, spacing, window, geometry, xray_scale, acquisitions
     (eval/radiograph_cases.py), into ``out_dir``/radiographs."""
     from tqdm.auto import tqdm
 
-    from x2ct.data import (
-        case_spine,
-        crop_around_spine,
-        ct_case,
-        ct_to_drr,
-        find_ct_cases,
-        hu_to_unit,
-        load_ct,
-        phantom_case,
-        split_of,
-    )
+    from x2ct.data import ct_case, ct_to_drr, find_ct_cases, hu_to_unit, phantom_case, split_of
     from x2ct.projector import pose_views, view_vectors
 
     if args.phantoms is not None:
@@ -536,22 +526,17 @@ def _test_cases(args, shape, spacing, window, geometry, xray_scale, acquisitions
     out = []
     for i, (kind, src) in enumerate(tqdm(sources, desc="test cases", disable=args.no_progress)):
         kw = dict(shift_mm=moves[i][0], turn_deg=moves[i][1], window=window,
+                  crop_mm=args.crop_mm,
                   locate_by="mask" if args.locate_by == "labels" else "image",
                   keep_body=args.xray_style == "radiograph")
         if poses is not None:
             kw["views"] = pose_views(nominal, poses[i].double())
         if kind == "phantom":
             case = phantom_case(src, args.region, shape, spacing, geometry,
-                                options=args.options, crop_mm=args.crop_mm, **kw)
+                                options=args.options, **kw)
         else:
-            image, label = src.image, src.label
-            if args.crop_mm is not None:  # located in the whole CT, the field kept there
-                image = load_ct(image)
-                if label is not None:
-                    label = np.asarray(load_ct(label).hu).round().astype(np.int16)
-                spine = case_spine(image, spacing, label, kw["locate_by"])
-                image, label, kw["spine"] = crop_around_spine(image, args.crop_mm, spine, label)
-            case = ct_case(image, shape, spacing, geometry, mask=label, case_id=src.id, **kw)
+            case = ct_case(src.image, shape, spacing, geometry, mask=src.label, case_id=src.id,
+                           **kw)
         truth = case.hu.clamp(*window)[None].float()  # (1, X, Y, Z)
         with torch.no_grad():  # the truth's DRRs along the nominal views (projection error)
             field = ct_to_drr(hu_to_unit(truth, window), geometry, spacing, window)

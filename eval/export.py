@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from x2ct.data.dicom_ct import RAS_TO_LPS
 from x2ct.eval.metrics import BONE_HU, VERTEBRA_LABELS, level_name
 from x2ct.fileio import atomic_path
 
@@ -60,7 +61,6 @@ DISCLAIMER = (
     "Synthetic CT reconstructed by x2ct from two radiographs (a latent diffusion model). "
     "It is a model's estimate, not a measurement: NOT FOR DIAGNOSIS."
 )
-RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def ras_to_lps(affine: np.ndarray) -> np.ndarray:

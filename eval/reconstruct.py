@@ -106,8 +106,7 @@ def ct_inputs(path, config: dict, ae_config: dict, args) -> tuple:
     window = tuple(ae_config["hu_window"])
     shape = tuple(n * config["downsample_factor"] for n in config["latent_size"])
     scale = float(config.get("xray_scale", DRR_SCALE))
-    series = getattr(args, "series", None)
-    ct = path if series is None else load_ct(path, series=series)  # one of a folder's series
+    ct = path if args.series is None else load_ct(path, series=args.series)  # of a folder
     case = ct_case(
         ct, shape, spacing, Geometry.from_dict(config["geometry"]), mask=args.labels,
         case_id=str(path),

@@ -5,7 +5,7 @@ such CTs with the field where it lay in the whole CT."""
 import numpy as np
 import pytest
 
-from x2ct.data import case_spine, crop_around_spine, default_geometry, phantom_body, phantom_case
+from x2ct.data import crop_around_spine, default_geometry, locate, phantom_body, phantom_case
 
 
 def _world(image, centred_mm):
@@ -21,7 +21,7 @@ def body():
 
 def test_crop_keeps_every_voxel_where_it_lay_and_centres_the_spine(body):
     ct, labels = body
-    spine = case_spine(ct, (2.0, 2.0, 2.0), labels)
+    spine = locate(ct.hu, ct.spacing, labels)
     crop, cut, inside = crop_around_spine(ct, 136.0, spine, labels)
     assert crop.hu.shape == (68, 68, ct.hu.shape[2]) and crop.spacing == ct.spacing
     # each crop voxel's world position (its affine) is the same voxel's in the whole CT
@@ -54,7 +54,7 @@ def test_the_cropped_case_has_the_same_field_and_fainter_x_rays():
 
 def test_crop_wider_than_the_ct_keeps_it_whole_and_bad_input_is_refused(body):
     ct, labels = body
-    spine = case_spine(ct, (2.0, 2.0, 2.0), labels)
+    spine = locate(ct.hu, ct.spacing, labels)
     crop, _, inside = crop_around_spine(ct, 1e4, spine, labels)
     assert crop.hu.shape == ct.hu.shape
     np.testing.assert_allclose(crop.affine, ct.affine)
