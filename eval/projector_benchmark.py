@@ -84,17 +84,21 @@ def _pixels(views: torch.Tensor, height: int, width: int) -> torch.Tensor:
 def _nanodrr_renderer(mu, geometry, spacing, n_samples, backend):
     """A callable rendering (V, H, W) with nanodrr, or None when it is not installed."""
     try:
-        import torchio
         from nanodrr.data import Subject
         from nanodrr.drr import render
     except ImportError:
         return None
+    # nanodrr's own constructor from tensors (Subject.from_images does the same from a
+    # torchio image; building it here keeps torchio's file readers, and SimpleITK under
+    # them, out of the benchmark). Its volume is (1, 1, D, H, W) with W the first world axis.
     shape = mu.shape[2:]
-    affine = np.diag([*spacing, 1.0])
-    affine[:3, 3] = [-(n - 1) / 2 * s for n, s in zip(shape, spacing)]
-    subject = Subject.from_images(
-        torchio.ScalarImage(tensor=mu[0].detach().float().cpu(), affine=affine),
-        convert_to_mu=False,
+    voxel_to_world = torch.diag(torch.tensor([*spacing, 1.0], dtype=torch.float64))
+    voxel_to_world[:3, 3] = torch.tensor([-(n - 1) / 2 * s for n, s in zip(shape, spacing)])
+    image = mu[0].detach().float().cpu().unsqueeze(0).permute(0, 1, 4, 3, 2).contiguous()
+    subject = Subject(
+        image, torch.zeros_like(image), voxel_to_world.float(),
+        voxel_to_world.inverse().float(), Subject._make_voxel_to_grid(image.shape),
+        torch.zeros(3), max_label=0, convert_to_mu=False,  # the field's centre is world 0
     ).to(mu.device)
     if mu.dtype != torch.float32:
         subject._image_hu = subject._image_hu.to(mu.dtype)
