@@ -66,7 +66,7 @@ BENCH=("$PY" eval/benchmark.py)  # (timeout runs programs, not shell functions)
 
 if [[ $MODE == gpu ]]; then
   # the GPU-marked tests, then the kernel files whole (their GPU tests once, not twice)
-  part tests 100 bash -c "'$PY' -m pytest -q -p no:cacheprovider -m gpu tests \
+  part tests 200 bash -c "'$PY' -m pytest -q -p no:cacheprovider -m gpu tests \
     --ignore=tests/test_kernels.py --ignore=tests/test_kernels_compiled.py \
     && '$PY' -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_kernels_compiled.py"
   part projector 80 "${BENCH[@]}" projector --size 256 --detector 256 --device cuda \
