@@ -169,6 +169,42 @@ def test_series_a_clinic_may_export_wrongly_are_refused_by_name(tmp_path, how, m
     assert str(folder) in str(e.value)  # the folder, or a file in it, is named
 
 
+@pytest.mark.parametrize("storage", ["rle lossless", "12 bits stored"])
+def test_compressed_and_12_bit_series_read_as_the_nifti(tmp_path, storage):
+    """Two ways PACS exports store CT pixels: RLE Lossless compression (pydicom decodes it
+    without plugins), and 12 bits stored in 16 allocated with other data in the 4 unused
+    high bits (retired overlay planes: PS3.5 8.1.1 says to ignore them)."""
+    ct, folder = _nifti_and_series(tmp_path, AFFINES["lpi"])
+    for f in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        if storage == "rle lossless":
+            ds.compress(pydicom.uid.RLELossless)
+        else:
+            stored = ds.pixel_array
+            assert stored.max() < 4096  # HU + 1024 fits 12 bits
+            ds.BitsStored, ds.HighBit = 12, 11
+            ds.PixelData = (stored | 0xB000).astype(np.uint16).tobytes()
+        ds.save_as(f)
+    if storage == "rle lossless":
+        assert pydicom.dcmread(f).file_meta.TransferSyntaxUID == pydicom.uid.RLELossless
+    np.testing.assert_array_equal(load_ct(folder).hu, ct.hu)
+
+
+def test_pixel_data_that_cannot_be_decoded_names_the_file_and_what_to_install(tmp_path):
+    """A JPEG 2000 slice whose codestream is not JPEG 2000 (pydicom may also lack the
+    plugin): refused, naming the file, its transfer syntax and the decoders to install."""
+    _, folder = _nifti_and_series(tmp_path, AFFINES["ras"])
+    f = sorted(folder.glob("*.dcm"))[2]
+    ds = pydicom.dcmread(f)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEG2000Lossless
+    ds.PixelData = pydicom.encaps.encapsulate([b"\x00" * 64])
+    ds.save_as(f)
+    with pytest.raises(ValueError, match=r"(?s)cannot decode the pixel data \(transfer syntax "
+                       r"1\.2\.840\.10008\.1\.2\.4\.90.*pylibjpeg or gdcm") as e:
+        load_ct(folder)
+    assert str(f) in str(e.value)
+
+
 def test_exports_as_scanners_write_them(tmp_path):
     """A file without the 128-byte preamble, padding outside the reconstruction circle, slice
     positions rounded to 0.1 mm and a secondary-capture dose screen in the same folder."""
