@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_dicom_series"]
+__all__ = ["decode_pixels", "load_dicom_series"]
 
 AIR_HU = -1024.0  # what padding outside the reconstruction circle becomes
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -53,6 +53,26 @@ def _pydicom(folder: Path):
             "(or convert the series to NIfTI with dcm2niix)"
         ) from e
     return pydicom
+
+
+def decode_pixels(ds, path) -> np.ndarray:
+    """``ds.pixel_array`` of a DICOM file read by pydicom (CT slice or radiograph), or a
+    ValueError naming ``path``, its transfer syntax and what decodes it. pydicom decodes
+    uncompressed and RLE Lossless pixels itself (bits above BitsStored dropped, signed
+    values sign-extended); JPEG, JPEG-LS and JPEG 2000, which X-ray rooms and PACS often
+    store, need pylibjpeg's plugins or gdcm."""
+    try:
+        return ds.pixel_array
+    except Exception as e:  # pydicom raises many types for bad or undecodable pixel data
+        meta = getattr(ds, "file_meta", None)
+        syntax = getattr(meta, "TransferSyntaxUID", None)
+        name = f"{syntax} ({getattr(syntax, 'name', syntax)})" if syntax else "not stated"
+        raise ValueError(
+            f"{path}: cannot decode the pixel data (transfer syntax {name}: {e}); for "
+            "compressed DICOM install a decoder: pip install pylibjpeg pylibjpeg-libjpeg "
+            "pylibjpeg-openjpeg (or python-gdcm), or convert the file (dcm2niix for a CT "
+            "series, gdcmconv --raw for a radiograph)"
+        ) from e
 
 
 def _headers(folder: Path, pydicom) -> tuple[list[tuple[Path, object]], list[Path]]:
@@ -243,14 +263,7 @@ def load_dicom_series(folder: str | os.PathLike, series: str | int | None = None
             ds = pydicom.dcmread(path, force=True)  # as its header was read
         except Exception as e:
             raise ValueError(f"{path}: cannot read the DICOM file ({e})") from e
-        try:
-            stored = ds.pixel_array
-        except Exception as e:  # compressed syntaxes need handlers pydicom may lack
-            syntax = getattr(ds.file_meta, "TransferSyntaxUID", "?")
-            raise ValueError(
-                f"{path}: cannot decode the pixel data (transfer syntax {syntax}: {e}); "
-                "install pylibjpeg or gdcm for compressed DICOM, or convert with dcm2niix"
-            ) from e
+        stored = decode_pixels(ds, path)
         if stored.shape != (shape[1], shape[0]):
             raise ValueError(f"{path}: pixel data of shape {stored.shape}, the header says "
                              f"{shape[1]} x {shape[0]}")

@@ -21,6 +21,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from x2ct.data.dicom_ct import decode_pixels
 from x2ct.fileio import atomic_path
 from x2ct.projector import DRR_SCALE
 
@@ -449,7 +450,7 @@ def _read_dicom(path: Path) -> np.ndarray:
         ds = pydicom.dcmread(path)
         rows, cols = int(ds.Rows), int(ds.Columns)
         _check_xray_size(path, (rows * int(getattr(ds, "NumberOfFrames", 1) or 1), cols))
-        a = ds.pixel_array.astype(np.float64)
+        a = decode_pixels(ds, path).astype(np.float64)
         bits = int(getattr(ds, "BitsStored", 16))
     except ValueError:
         raise

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from x2ct.data.dicom_ct import decode_pixels
 from x2ct.data.xray_orientation import (
     VIEW_ANGLES,
     display_orientation,
@@ -299,9 +300,9 @@ def _read_dicom(path: Path):
     pydicom = _dicom_module(path)
     try:
         ds = pydicom.dcmread(path)
-        raw = ds.pixel_array
-    except Exception as e:  # pydicom raises many types for bad or compressed files
-        raise ValueError(f"{path}: cannot read the DICOM pixel data ({e})") from e
+    except Exception as e:  # pydicom raises many types for bad files
+        raise ValueError(f"{path}: cannot read the DICOM file ({e})") from e
+    raw = decode_pixels(ds, path)
     if raw.ndim != 2:
         raise ValueError(f"{path}: expected one grey image, got pixel data of shape {raw.shape}")
     pixels = _modality_lut(raw, ds)

@@ -245,3 +245,29 @@ def test_tiff_16_bit(tmp_path):
     assert r.bits == 16 and r.intensity == "display"
     np.testing.assert_array_equal(r.pixels, img)  # no Patient Orientation: AP display is ours
     assert r.source["orientation"].startswith("default")
+
+
+def test_compressed_dicom_radiographs(tmp_path):
+    """X-ray rooms often store DX compressed. RLE Lossless (pydicom decodes it itself)
+    reads as the uncompressed file does, through both readers. A JPEG 2000 file whose
+    codestream cannot be decoded is refused by both, naming the file, the transfer syntax
+    and the decoders to install."""
+    from x2ct.data import load_xray
+
+    img = dotted(12)
+    path = write_radiograph_dicom(tmp_path / "ap.dcm", img, geometry(), 12)
+    ds = pydicom.dcmread(path)
+    ds.compress(pydicom.uid.RLELossless)
+    ds.save_as(tmp_path / "rle.dcm")
+    assert pydicom.dcmread(tmp_path / "rle.dcm").file_meta.TransferSyntaxUID.is_compressed
+    np.testing.assert_array_equal(read_radiograph(tmp_path / "rle.dcm").pixels, img)
+    np.testing.assert_array_equal(load_xray(tmp_path / "rle.dcm"), load_xray(path))
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEG2000
+    ds.PixelData = pydicom.encaps.encapsulate([b"\x00" * 64])
+    ds.save_as(tmp_path / "j2k.dcm")
+    for read in (read_radiograph, load_xray):
+        with pytest.raises(ValueError, match=r"(?s)j2k\.dcm: cannot decode the pixel data "
+                           r"\(transfer syntax 1\.2\.840\.10008\.1\.2\.4\.91 \(JPEG 2000.*"
+                           r"pip install pylibjpeg"):
+            read(tmp_path / "j2k.dcm")
