@@ -48,7 +48,8 @@ _EXPORTS = {
         "split_of",
     ],
     "localise": ["CONFIDENCE_WARN", "SpineLocation", "locate_spine"],
-    "io": ["CTImage", "centred_affine", "load_ct", "load_xray", "save_ct", "save_xray_png"],
+    "io": ["CTImage", "centred_affine", "check_hounsfield", "load_ct", "load_xray", "save_ct",
+           "save_xray_png"],
     "dicom_ct": ["load_dicom_series"],
     "phantom": [
         "DISC_LABEL",
@@ -93,6 +94,7 @@ __all__ = [
     "BONE_HU",
     "Case",
     "centred_affine",
+    "check_hounsfield",
     "check_views",
     "CONFIDENCE_WARN",
     "CropPadToSpined",

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from x2ct.data.io import CTImage, centred_affine, load_ct
+from x2ct.data.io import CTImage, centred_affine, check_hounsfield, load_ct
 from x2ct.data.scene import (
     Placement,
     antialias,
@@ -219,6 +219,7 @@ def ct_case(
             f"the label mask has shape {mask.shape} but the CT {ct.hu.shape}"
             + (f" ({source})" if source else "")
         )
+    check_hounsfield(ct.hu, source)
     shape = tuple(int(n) for n in shape)
     spacing = tuple(float(s) for s in spacing)
     native = np.asarray(ct.spacing, dtype=np.float64)

@@ -30,6 +30,7 @@ __all__ = [
     "XRAY_SUFFIXES",
     "atomic_path",
     "centred_affine",
+    "check_hounsfield",
     "load_ct",
     "load_xray",
     "save_ct",
@@ -53,6 +54,43 @@ class CTImage(NamedTuple):
     hu: np.ndarray
     spacing: tuple[float, float, float]
     affine: np.ndarray
+
+
+# Below this value lie air, lungs and fat (about -100 HU): every CT of a body has some,
+# a spine crop too (epidural, paraspinal and retroperitoneal fat), while the same values
+# stored without their rescale intercept (air at 0, fat near 920) or normalised to [0, 1]
+# or [-1, 1] have none. The lowest value is left out of the count: it is the padding
+# outside a scanner's reconstruction circle (-2000 or -3024), which a file stored without
+# its intercept can also hold.
+_HU_BELOW = -50.0
+_HU_MIN_FRACTION = 1e-3
+
+
+def check_hounsfield(hu: np.ndarray, source: str | None = None) -> None:
+    """Refuse a CT whose values are not Hounsfield units, before anything is drawn from it.
+
+    X-rays are rendered from HU (``mu = mu_water * (1 + HU / 1000)``). A CT whose values are
+    shifted or scaled gives X-rays of another body, and a reconstruction of it. Such a CT
+    has fewer than 0.1% of its voxels below -50 HU, not counting its lowest value (the
+    padding outside the reconstruction circle). A body in HU has air, lungs or fat there.
+
+    Raises:
+        ValueError: naming ``source`` (or "the CT"), the values' range and what to do.
+    """
+    a = np.asarray(hu)
+    lowest = float(a.min())
+    low = np.count_nonzero((a < _HU_BELOW) & (a > lowest))
+    if low >= _HU_MIN_FRACTION * a.size:
+        return
+    raise ValueError(
+        f"{source or 'the CT'}: its values do not look like Hounsfield units. They span "
+        f"[{lowest:g}, {float(a.max()):g}], and {low / a.size:.3%} of voxels lie below "
+        f"{_HU_BELOW:g} HU without being the lowest value, where a body's air, lungs and fat "
+        "put at least 0.1%. Expected air at -1000, fat near -100, water 0 and bone 300 to "
+        "2000. Values stored without their rescale intercept (air near 0: subtract 1024, or "
+        "the DICOM RescaleIntercept) or normalised to [0, 1] must be turned back into HU "
+        "first."
+    )
 
 
 def _nifti_suffix(path: Path) -> str | None:
