@@ -219,7 +219,7 @@ def ct_case(
             f"the label mask has shape {mask.shape} but the CT {ct.hu.shape}"
             + (f" ({source})" if source else "")
         )
-    check_hounsfield(ct.hu, source)
+    check_hounsfield(ct.hu, source or case_id)
     shape = tuple(int(n) for n in shape)
     spacing = tuple(float(s) for s in spacing)
     native = np.asarray(ct.spacing, dtype=np.float64)

@@ -706,9 +706,10 @@ class CTFolderDataset(_Base):
     def _build(self, case: CTCase) -> list[dict[str, torch.Tensor]]:
         """Every placement of one CT (loaded and located once)."""
         from x2ct.data.cases import ct_case, locate
-        from x2ct.data.io import load_ct
+        from x2ct.data.io import check_hounsfield, load_ct
 
         ct = load_ct(case.image)
+        check_hounsfield(ct.hu, str(case.image))  # before the spine is looked for
         mask = None
         if case.label is not None:
             mask = np.asarray(load_ct(case.label).hu).round().astype(np.int16)

@@ -74,3 +74,22 @@ def test_reconstruct_refuses_a_ct_stored_without_its_intercept(tmp_path, body):
         main(["--model", str(model_path("ldm-tiny")), "--ct", str(path),
               "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+def test_a_training_folder_names_the_ct_that_is_not_in_hu(tmp_path, body):
+    """CT-folder training (``CTFolderDataset``, ``train/latent.py --data``) names the file;
+    the CTs in HU beside it are served."""
+    from x2ct.data import CTFolderDataset
+
+    ct, labels = body
+    root = tmp_path / "verse"
+    for sub, hu in (("sub-good", ct.hu), ("sub-raw", ct.hu + 1024.0)):  # VerSe layout
+        save_ct(root / "rawdata" / sub / f"{sub}_ct.nii.gz", hu, affine=ct.affine)
+        save_ct(root / "derivatives" / sub / f"{sub}_seg-vert_msk.nii.gz",
+                labels.astype(np.float32), affine=ct.affine)
+    ds = CTFolderDataset(root, spacing=(4.0, 4.0, 4.0), shape=(16, 16, 16),
+                         cache_dir=tmp_path / "cache")
+    assert ds.ids == ["sub-good", "sub-raw"]
+    assert ds[0]["ct"].shape == (1, 16, 16, 16)
+    with pytest.raises(ValueError, match=r"sub-raw_ct\.nii\.gz: its values do not look like"):
+        ds[1]
