@@ -271,3 +271,19 @@ def test_compressed_dicom_radiographs(tmp_path):
                            r"\(transfer syntax 1\.2\.840\.10008\.1\.2\.4\.91 \(JPEG 2000.*"
                            r"pip install pylibjpeg"):
             read(tmp_path / "j2k.dcm")
+
+
+def test_a_multi_frame_run_is_refused_naming_its_frames(tmp_path):
+    """A C-arm exports a fluoroscopy run as one multi-frame file: x2ct needs one image a
+    view, and says so (a single-frame file with NumberOfFrames 1 reads as usual)."""
+    img = dotted(12)
+    path = write_radiograph_dicom(tmp_path / "ap.dcm", img, geometry(), 12)
+    ds = pydicom.dcmread(path)
+    ds.NumberOfFrames = 1
+    ds.save_as(tmp_path / "one.dcm")
+    np.testing.assert_array_equal(read_radiograph(tmp_path / "one.dcm").pixels, img)
+    ds.NumberOfFrames = 3
+    ds.PixelData = ds.PixelData * 3
+    ds.save_as(tmp_path / "run.dcm")
+    with pytest.raises(ValueError, match=r"run\.dcm: 3 frames \(a fluoroscopy or cine run\)"):
+        read_radiograph(tmp_path / "run.dcm")
