@@ -56,22 +56,36 @@ def _pydicom(folder: Path):
 
 
 def decode_pixels(ds, path) -> np.ndarray:
-    """``ds.pixel_array`` of a DICOM file read by pydicom (CT slice or radiograph), or a
-    ValueError naming ``path``, its transfer syntax and what decodes it. pydicom decodes
-    uncompressed and RLE Lossless pixels itself (bits above BitsStored dropped, signed
-    values sign-extended); JPEG, JPEG-LS and JPEG 2000, which X-ray rooms and PACS often
-    store, need pylibjpeg's plugins or gdcm."""
+    """The one image of a DICOM file read by pydicom (a CT slice or a radiograph), or a
+    ValueError naming ``path`` and what to do.
+
+    pydicom (>= 3.0) decodes uncompressed and RLE Lossless pixels itself, dropping the
+    bits above BitsStored and sign-extending signed values. JPEG, JPEG-LS and JPEG 2000,
+    which X-ray rooms and PACS often store, need pylibjpeg's plugins or gdcm: a compressed
+    file that cannot be decoded is named with its transfer syntax and the decoders to
+    install. A multi-frame file (a fluoroscopy or cine run) is refused: x2ct reads one
+    image a file."""
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise ValueError(f"{path}: {frames} frames (a fluoroscopy or cine run, or a "
+                         "multi-frame image); x2ct reads one image a file: save the frame to "
+                         "use as its own file")
     try:
         return ds.pixel_array
     except Exception as e:  # pydicom raises many types for bad or undecodable pixel data
-        meta = getattr(ds, "file_meta", None)
-        syntax = getattr(meta, "TransferSyntaxUID", None)
-        name = f"{syntax} ({getattr(syntax, 'name', syntax)})" if syntax else "not stated"
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        if syntax is None:
+            raise ValueError(f"{path}: cannot decode the pixel data ({e}); the file states "
+                             "no transfer syntax") from e
+        name = getattr(syntax, "name", str(syntax))
+        said = str(syntax) if name == str(syntax) else f"{syntax} ({name})"
+        hint = ""
+        if getattr(syntax, "is_compressed", False):
+            hint = ("; for compressed DICOM install a decoder: pip install pylibjpeg "
+                    "pylibjpeg-libjpeg pylibjpeg-openjpeg (or python-gdcm), or convert the "
+                    "file (dcm2niix for a CT series, gdcmconv --raw for a radiograph)")
         raise ValueError(
-            f"{path}: cannot decode the pixel data (transfer syntax {name}: {e}); for "
-            "compressed DICOM install a decoder: pip install pylibjpeg pylibjpeg-libjpeg "
-            "pylibjpeg-openjpeg (or python-gdcm), or convert the file (dcm2niix for a CT "
-            "series, gdcmconv --raw for a radiograph)"
+            f"{path}: cannot decode the pixel data (transfer syntax {said}: {e}){hint}"
         ) from e
 
 

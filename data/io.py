@@ -56,40 +56,69 @@ class CTImage(NamedTuple):
     affine: np.ndarray
 
 
-# Below this value lie air, lungs and fat (about -100 HU): every CT of a body has some,
-# a spine crop too (epidural, paraspinal and retroperitoneal fat), while the same values
-# stored without their rescale intercept (air at 0, fat near 920) or normalised to [0, 1]
-# or [-1, 1] have none. The lowest value is left out of the count: it is the padding
+# What a CT in Hounsfield units holds (the rules of check_hounsfield). Air is at -1000, lungs
+# at -900 to -500, fat at about -100, muscle and organs at 10 to 80, cancellous bone at
+# 100 to 300 and cortical bone above 1000.
+#
+# Rule 1. Every CT of a body has some voxels below -50 HU: air, lungs or fat. A spine crop
+# has them too, in its epidural, paraspinal and retroperitoneal fat. The same values stored
+# without their rescale intercept (air at 0, fat near 920), or normalised to [0, 1] or
+# [-1, 1], have none. Values within 1 HU of the lowest are not counted: they are the padding
 # outside a scanner's reconstruction circle (-2000 or -3024), which a file stored without
 # its intercept can also hold.
 _HU_BELOW = -50.0
 _HU_MIN_FRACTION = 1e-3
+# Rule 2. Air, lungs, fat and soft tissue lie between -1100 and 150 HU: most of a body, and
+# most of a spine crop. Cortical bone alone lies between 900 and 1200 HU, a few percent
+# at most. Without the intercept, fat and soft tissue move into that band, and air onto 0.
+# This rule refuses when the band holds more than a quarter as many voxels as the first
+# range. It catches such a file even after resampling has spread its padding's edge over
+# [-2000, 0], which can satisfy rule 1.
+_HU_BODY = (-1100.0, 150.0)
+_HU_SHIFTED = (900.0, 1200.0)
+_HU_SHIFTED_RATIO = 0.25
 
 
 def check_hounsfield(hu: np.ndarray, source: str | None = None) -> None:
     """Refuse a CT whose values are not Hounsfield units, before anything is drawn from it.
 
     X-rays are rendered from HU (``mu = mu_water * (1 + HU / 1000)``). A CT whose values are
-    shifted or scaled gives X-rays of another body, and a reconstruction of it. Such a CT
-    has fewer than 0.1% of its voxels below -50 HU, not counting its lowest value (the
-    padding outside the reconstruction circle). A body in HU has air, lungs or fat there.
+    shifted or scaled gives X-rays of another body, and a reconstruction of it. Two rules
+    (the module's comments give the reasons):
+    - at least 0.1% of voxels lie below -50 HU, not counting values within 1 HU of the
+      lowest (the padding);
+    - the band from 900 to 1200 HU (where fat and soft tissue lie without the intercept)
+      holds at most a quarter as many voxels as -1100 to 150 HU (air to soft tissue).
+
+    The thresholds were checked on x2ct's phantom bodies and their spine crops, not on
+    real CTs.
 
     Raises:
-        ValueError: naming ``source`` (or "the CT"), the values' range and what to do.
+        ValueError: naming ``source`` (or "the CT"), what was found and what to do.
     """
     a = np.asarray(hu)
-    lowest = float(a.min())
-    low = np.count_nonzero((a < _HU_BELOW) & (a > lowest))
-    if low >= _HU_MIN_FRACTION * a.size:
+    lowest, highest = float(a.min()), float(a.max())
+    low = np.count_nonzero((a < _HU_BELOW) & (a > lowest + 1.0))
+    problem = None
+    if low < _HU_MIN_FRACTION * a.size:
+        problem = (f"{low / a.size:.3%} of voxels lie below {_HU_BELOW:g} HU (not counting "
+                   "the lowest value), where a body's air, lungs and fat put at least 0.1%")
+    else:
+        body = np.count_nonzero((a >= _HU_BODY[0]) & (a <= _HU_BODY[1]))
+        shifted = np.count_nonzero((a >= _HU_SHIFTED[0]) & (a <= _HU_SHIFTED[1]))
+        if shifted > _HU_SHIFTED_RATIO * body:
+            problem = (f"{shifted / a.size:.1%} of voxels lie between 900 and 1200 HU (fat "
+                       f"and soft tissue stored without the intercept) against "
+                       f"{body / a.size:.1%} from -1100 to 150 HU (air to soft tissue in HU), "
+                       "where a body in HU has at most a quarter as many in the first")
+    if problem is None:
         return
     raise ValueError(
         f"{source or 'the CT'}: its values do not look like Hounsfield units. They span "
-        f"[{lowest:g}, {float(a.max()):g}], and {low / a.size:.3%} of voxels lie below "
-        f"{_HU_BELOW:g} HU without being the lowest value, where a body's air, lungs and fat "
-        "put at least 0.1%. Expected air at -1000, fat near -100, water 0 and bone 300 to "
-        "2000. Values stored without their rescale intercept (air near 0: subtract 1024, or "
-        "the DICOM RescaleIntercept) or normalised to [0, 1] must be turned back into HU "
-        "first."
+        f"[{lowest:g}, {highest:g}], and {problem}. Expected air at -1000, fat near -100, "
+        "water 0 and bone 300 to 2000. Values stored without their rescale intercept (air "
+        "near 0: subtract 1024, or the DICOM RescaleIntercept) or normalised to [0, 1] must "
+        "be turned back into HU first."
     )
 
 

@@ -303,10 +303,6 @@ def _read_dicom(path: Path):
     except Exception as e:  # pydicom raises many types for bad files
         raise ValueError(f"{path}: cannot read the DICOM file ({e})") from e
     raw = decode_pixels(ds, path)
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if frames > 1 and raw.ndim == 3:
-        raise ValueError(f"{path}: {frames} frames (a fluoroscopy or cine run); x2ct reads one "
-                         "radiograph a view: save the frame to use as its own file")
     if raw.ndim != 2:
         raise ValueError(f"{path}: expected one grey image, got pixel data of shape {raw.shape}")
     pixels = _modality_lut(raw, ds)

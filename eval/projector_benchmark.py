@@ -88,9 +88,11 @@ def _nanodrr_renderer(mu, geometry, spacing, n_samples, backend):
         from nanodrr.drr import render
     except ImportError:
         return None
-    # nanodrr's own constructor from tensors (Subject.from_images does the same from a
-    # torchio image; building it here keeps torchio's file readers, and SimpleITK under
-    # them, out of the benchmark). Its volume is (1, 1, D, H, W) with W the first world axis.
+    # nanodrr's own constructor from tensors, as Subject.from_images builds it from a torchio
+    # image (float64 inverse, its _make_voxel_to_grid, the centre as isocentre): the
+    # benchmark then uses no torchio image class, so a stand-in torchio module (as on a GPU
+    # machine where SimpleITK, under torchio, could not be installed) is enough for
+    # nanodrr.data to import. Its volume is (1, 1, D, H, W) with W the first world axis.
     shape = mu.shape[2:]
     voxel_to_world = torch.diag(torch.tensor([*spacing, 1.0], dtype=torch.float64))
     voxel_to_world[:3, 3] = torch.tensor([-(n - 1) / 2 * s for n, s in zip(shape, spacing)])

@@ -205,6 +205,19 @@ def test_pixel_data_that_cannot_be_decoded_names_the_file_and_what_to_install(tm
     assert str(f) in str(e.value)
 
 
+def test_a_truncated_uncompressed_slice_is_named_without_a_decoder_hint(tmp_path):
+    """Uncompressed pixel data cut short: no decoder would help, so none is suggested."""
+    _, folder = _nifti_and_series(tmp_path, AFFINES["ras"])
+    f = sorted(folder.glob("*.dcm"))[1]
+    ds = pydicom.dcmread(f)
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    ds.save_as(f)
+    with pytest.raises(ValueError, match=r"cannot decode the pixel data \(transfer syntax "
+                       r"1\.2\.840\.10008\.1\.2\.1 \(Explicit VR Little Endian\)") as e:
+        load_ct(folder)
+    assert str(f) in str(e.value) and "pylibjpeg" not in str(e.value)
+
+
 def test_exports_as_scanners_write_them(tmp_path):
     """A file without the 128-byte preamble, padding outside the reconstruction circle, slice
     positions rounded to 0.1 mm and a secondary-capture dose screen in the same folder."""

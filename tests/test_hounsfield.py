@@ -4,6 +4,7 @@ CT-folder training alike)."""
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 import x2ct.data.cases as cases
 from x2ct.cli import InputError
@@ -27,18 +28,23 @@ def _padded(hu, value):
 
 
 def test_cts_in_hounsfield_units_pass(body):
-    """The body, its padding at -3024 or clipped at -1024 (as many exports store air), and a
-    spine CT crop 136 mm wide (no air left around the body: fat alone must carry it)."""
+    """The body, its padding at -3024, clipped at -1000 (air then all at the lowest value,
+    which rule 1 leaves out), and a spine CT crop 136 mm wide (no air left around the body:
+    fat alone must carry it)."""
     ct, labels = body
     check_hounsfield(ct.hu)
     check_hounsfield(_padded(ct.hu, -3024.0))
-    check_hounsfield(np.maximum(ct.hu, -1024.0))
+    clipped = np.clip(ct.hu, -1000.0, None)
+    assert np.count_nonzero(clipped == -1000.0) > 0.1 * clipped.size
+    check_hounsfield(clipped)
     crop, _, _ = crop_around_spine(ct, 136.0, locate(ct.hu, ct.spacing, labels), labels)
     check_hounsfield(crop.hu)
 
 
 @pytest.mark.parametrize("how", ["no intercept", "no intercept, padding -2000",
-                                 "scaled to [0, 1]", "scaled to [-1, 1]"])
+                                 "no intercept, padding -2000, resampled",
+                                 "scaled to [0, 1]", "scaled to [0, 1], padding -1024",
+                                 "scaled to [-1, 1]"])
 def test_values_that_are_not_hu_are_refused_by_name_before_any_work(
         tmp_path, body, monkeypatch, how):
     ct, _ = body
@@ -46,7 +52,13 @@ def test_values_that_are_not_hu_are_refused_by_name_before_any_work(
     bad = {
         "no intercept": hu + 1024.0,
         "no intercept, padding -2000": _padded(np.maximum(hu, -1024.0) + 1024.0, -2000.0),
+        # the padding's edge spread over [-2000, 0]: rule 1 is met, rule 2 refuses
+        "no intercept, padding -2000, resampled": ndimage.zoom(
+            _padded(np.maximum(hu, -1024.0) + 1024.0, -2000.0), 1.3, order=1),
         "scaled to [0, 1]": (np.clip(hu, -1024, 3071) + 1024.0) / 4095.0,
+        # rule 1 must leave the padding out to see this one
+        "scaled to [0, 1], padding -1024": _padded((np.clip(hu, -1024, 3071) + 1024.0) / 4095.0,
+                                                   -1024.0),
         "scaled to [-1, 1]": np.clip(hu, -1000, 1000) / 1000.0,
     }[how]
     path = save_ct(tmp_path / "raw_ct.nii.gz", bad, affine=ct.affine)

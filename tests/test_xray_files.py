@@ -275,7 +275,8 @@ def test_compressed_dicom_radiographs(tmp_path):
 
 def test_a_multi_frame_run_is_refused_naming_its_frames(tmp_path):
     """A C-arm exports a fluoroscopy run as one multi-frame file: x2ct needs one image a
-    view, and says so (a single-frame file with NumberOfFrames 1 reads as usual)."""
+    view, and both readers say so (a single-frame file with NumberOfFrames 1 reads as
+    usual)."""
     img = dotted(12)
     path = write_radiograph_dicom(tmp_path / "ap.dcm", img, geometry(), 12)
     ds = pydicom.dcmread(path)
@@ -285,5 +286,8 @@ def test_a_multi_frame_run_is_refused_naming_its_frames(tmp_path):
     ds.NumberOfFrames = 3
     ds.PixelData = ds.PixelData * 3
     ds.save_as(tmp_path / "run.dcm")
-    with pytest.raises(ValueError, match=r"run\.dcm: 3 frames \(a fluoroscopy or cine run\)"):
-        read_radiograph(tmp_path / "run.dcm")
+    from x2ct.data import load_xray
+
+    for read in (read_radiograph, load_xray):
+        with pytest.raises(ValueError, match=r"run\.dcm: 3 frames \(a fluoroscopy or cine run"):
+            read(tmp_path / "run.dcm")
