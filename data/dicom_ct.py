@@ -44,13 +44,15 @@ _GEOMETRY_TAGS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpaci
                   "Columns")
 
 
-def _pydicom(folder: Path):
+def import_pydicom(path):
+    """pydicom, or an ImportError naming ``path`` (a DICOM file or series folder) and the
+    install line: every DICOM reader and writer of x2ct imports it here."""
     try:
         import pydicom
     except ImportError as e:
         raise ImportError(
-            f"{folder}: reading a DICOM CT series needs pydicom: pip install 'x2ct[dicom]' "
-            "(or convert the series to NIfTI with dcm2niix)"
+            f"{path}: DICOM needs pydicom: pip install pydicom (or pip install 'x2ct[dicom]'), "
+            "or convert the file first (dcm2niix turns a CT series into NIfTI)"
         ) from e
     return pydicom
 
@@ -260,7 +262,7 @@ def load_dicom_series(folder: str | os.PathLike, series: str | int | None = None
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder (expected a DICOM CT series)")
-    pydicom = _pydicom(folder)
+    pydicom = import_pydicom(folder)
     chosen = None if series is None else str(series)
     files, lps, gap = _geometry(folder, _series(folder, *_headers(folder, pydicom), chosen))
     shape = (int(files[0][1].Columns), int(files[0][1].Rows), len(files))

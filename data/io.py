@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from x2ct.data.dicom_ct import decode_pixels
+from x2ct.data.dicom_ct import decode_pixels, import_pydicom
 from x2ct.fileio import atomic_path
 from x2ct.projector import DRR_SCALE
 
@@ -507,12 +507,7 @@ def _read_npy(path: Path) -> np.ndarray:
 
 
 def _read_dicom(path: Path) -> np.ndarray:
-    try:
-        import pydicom
-    except ImportError as e:
-        raise ImportError(
-            f"{path}: reading DICOM needs pydicom: pip install pydicom (or pip install x2ct[dicom])"
-        ) from e
+    pydicom = import_pydicom(path)
     try:
         ds = pydicom.dcmread(path)
         rows, cols = int(ds.Rows), int(ds.Columns)

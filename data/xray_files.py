@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from x2ct.data.dicom_ct import decode_pixels
+from x2ct.data.dicom_ct import decode_pixels, import_pydicom
 from x2ct.data.xray_orientation import (
     VIEW_ANGLES,
     display_orientation,
@@ -163,7 +163,7 @@ def _image_shape(path: Path) -> tuple[int, int]:
         a = np.load(path, mmap_mode="r", allow_pickle=False)
         return int(a.shape[-2]), int(a.shape[-1])
     if suffix in (".dcm", ".dicom"):
-        ds = _dicom_module(path).dcmread(path, stop_before_pixels=True)
+        ds = import_pydicom(path).dcmread(path, stop_before_pixels=True)
         return int(ds.Rows), int(ds.Columns)
     from PIL import Image
 
@@ -277,27 +277,15 @@ def write_geometry_json(path: str | os.PathLike, views) -> Path:
 # --- reading -------------------------------------------------------------------------------
 
 
-def _dicom_module(path: Path):
-    try:
-        import pydicom
-    except ImportError as e:
-        raise ImportError(
-            f"{path}: DICOM needs pydicom: pip install pydicom (or pip install x2ct[dicom])"
-        ) from e
-    return pydicom
-
-
 def _modality_lut(arr: np.ndarray, ds) -> np.ndarray:
-    try:
-        from pydicom.pixels import apply_modality_lut
-    except ImportError:  # pydicom < 3
-        from pydicom.pixel_data_handlers.util import apply_modality_lut
+    from pydicom.pixels import apply_modality_lut
+
     return np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
 
 
 def _read_dicom(path: Path):
     """(pixels with attenuation high, bits, photometric, tags) of a DICOM radiograph."""
-    pydicom = _dicom_module(path)
+    pydicom = import_pydicom(path)
     try:
         ds = pydicom.dcmread(path)
     except Exception as e:  # pydicom raises many types for bad files

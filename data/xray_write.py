@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from x2ct.data.xray_files import _dicom_module
+from x2ct.data.dicom_ct import import_pydicom
 from x2ct.data.xray_orientation import from_x2ct, x2ct_orientation
 from x2ct.fileio import atomic_path
 from x2ct.projector.geometry import Geometry
@@ -90,7 +90,7 @@ def write_radiograph_dicom(
         kvp, mas: KVP and Exposure (mAs) tags, when known.
         window: (center, width) for the VOI LUT; default the full stored range.
     """
-    _dicom_module(Path(path))
+    import_pydicom(Path(path))
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -164,9 +164,5 @@ def write_radiograph_dicom(
     ds.BurnedInAnnotation = "YES"
     ds.PixelData = np.ascontiguousarray(stored).tobytes()
     with atomic_path(path, suffix=path.suffix or ".dcm") as tmp:
-        try:
-            ds.save_as(tmp, enforce_file_format=True)
-        except TypeError:  # pydicom < 3
-            ds.is_little_endian, ds.is_implicit_VR = True, False
-            ds.save_as(tmp, write_like_original=False)
+        ds.save_as(tmp, enforce_file_format=True)
     return path

@@ -9,15 +9,16 @@
 # Parts: lumbar (10 phantoms), thoracic, radiograph (8-bit PNG files read back), move (the
 # field 14 mm and 8 degrees off the spine), metal (pedicle screws and rods), crop (each CT
 # cut to 136 mm around its spine, the tightest crop that holds the field, as spine CT crops
-# are: X-rays through the crop alone); 6 phantoms each but lumbar. Each builds its phantoms and the mean CT's anew, so parts may run side by side.
+# are: X-rays through the crop alone); 6 phantoms each but lumbar. Each builds its phantoms
+# and the mean CT's anew, so parts may run side by side.
 #
 # Most of the time goes to building whole-body phantoms (single-threaded): on a 2-core CPU
 # two instances with different parts and OMP_NUM_THREADS=1 finish sooner than one. Two cases a
 # call: with the model's 16 samples that is 32 volumes decoded at once.
 #
-# The radiograph, move and crop parts score the lumbar part's first 6 phantoms another way; their
-# targets are differences on the same cases, printed at the end when the lumbar part is in
-# OUT (after side-by-side instances: python -m x2ct.eval.paired OUT).
+# The radiograph, move and crop parts score the lumbar part's first 6 phantoms another
+# way; their targets are differences on the same cases, printed at the end when the lumbar
+# part is in OUT (after side-by-side instances: python -m x2ct.eval.paired OUT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-models/ldm-tiny}
