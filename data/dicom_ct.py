@@ -257,7 +257,7 @@ def load_dicom_series(folder: str | os.PathLike, series: str | int | None = None
     """
     import nibabel as nib
 
-    from x2ct.data.io import MAX_CT_VOXELS, MAX_SPACING_MM, MIN_SPACING_MM, CTImage
+    from x2ct.data.io import MAX_CT_VOXELS, CTImage, _check_voxel_size
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -269,10 +269,7 @@ def load_dicom_series(folder: str | os.PathLike, series: str | int | None = None
     if int(np.prod(shape, dtype=object)) > MAX_CT_VOXELS:
         raise ValueError(f"{folder}: {shape} voxels is more than the {MAX_CT_VOXELS} this "
                          "reader allocates")
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    if np.any(spacing < MIN_SPACING_MM) or np.any(spacing > MAX_SPACING_MM):
-        raise ValueError(f"{folder}: voxel size {tuple(round(float(s), 6) for s in spacing)} mm "
-                         f"is outside [{MIN_SPACING_MM}, {MAX_SPACING_MM}] mm")
+    _check_voxel_size(folder, np.linalg.norm(lps[:3, :3], axis=0))
     hu = np.empty(shape, dtype=np.float32)
     for k, (path, _) in enumerate(files):
         try:

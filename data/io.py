@@ -21,7 +21,6 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from x2ct.data.dicom_ct import decode_pixels, import_pydicom
 from x2ct.fileio import atomic_path
 from x2ct.projector import DRR_SCALE
 
@@ -201,6 +200,19 @@ def _read_header(path: Path):
     return img, shape, header
 
 
+def _check_voxel_size(where, spacing, detail: str = "", advice: str = "") -> None:
+    """Refuse a voxel size (mm, one value an axis) outside [``MIN_SPACING_MM``,
+    ``MAX_SPACING_MM``] (NaN too): the one check of ``load_ct`` for a NIfTI (its pixdim
+    and its affine) and of ``load_dicom_series`` (its affine). The ValueError reads
+    ``"{where}: voxel size (...) mm{detail} is outside [min, max] mm{advice}"``."""
+    values = np.asarray(spacing, dtype=np.float64)
+    if not np.all((values >= MIN_SPACING_MM) & (values <= MAX_SPACING_MM)):
+        raise ValueError(
+            f"{where}: voxel size {tuple(round(float(v), 6) for v in values)} mm{detail} is "
+            f"outside [{MIN_SPACING_MM}, {MAX_SPACING_MM}] mm{advice}"
+        )
+
+
 def _check_size(path: Path, shape: tuple, header) -> None:
     """Refuse a header whose image the file cannot hold or this reader should not
     allocate, before any voxel is read."""
@@ -321,13 +333,8 @@ def _load_ct(path: Path) -> CTImage:
         )
     mm = np.asarray(zooms) * factor
     for name, values in (("pixdim", mm), ("affine", col_norms)):
-        if np.any(values < MIN_SPACING_MM) or np.any(values > MAX_SPACING_MM):
-            raise ValueError(
-                f"{path}: voxel size {tuple(round(float(v), 6) for v in values)} mm (header "
-                f"{name}, unit {header.get_xyzt_units()[0]}) is outside "
-                f"[{MIN_SPACING_MM}, {MAX_SPACING_MM}] mm; check the header's spacing and "
-                "unit (xyzt_units)"
-            )
+        _check_voxel_size(path, values, f" (header {name}, unit {header.get_xyzt_units()[0]})",
+                          "; check the header's spacing and unit (xyzt_units)")
     try:
         if len(img.shape) == 4:
             img = img.slicer[..., 0]
@@ -507,23 +514,16 @@ def _read_npy(path: Path) -> np.ndarray:
 
 
 def _read_dicom(path: Path) -> np.ndarray:
-    pydicom = import_pydicom(path)
-    try:
-        ds = pydicom.dcmread(path)
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        _check_xray_size(path, (rows * int(getattr(ds, "NumberOfFrames", 1) or 1), cols))
-        a = decode_pixels(ds, path).astype(np.float64)
-        bits = int(getattr(ds, "BitsStored", 16))
-    except ValueError:
-        raise
-    except Exception as e:  # pydicom raises many types for bad files
-        raise ValueError(f"{path}: cannot read the DICOM pixel data ({e})") from e
-    if not 1 <= bits <= 32:
-        raise ValueError(f"{path}: BitsStored {bits} is not in [1, 32]")
-    a = a / float(2**bits - 1)
-    if getattr(ds, "PhotometricInterpretation", "MONOCHROME2") == "MONOCHROME1":
-        a = 1.0 - a  # MONOCHROME1 shows bone dark: flip so that bone is bright
-    return a.astype(np.float32)
+    """A DICOM radiograph in load_xray's convention: ``read_dicom_pixels`` (the Modality
+    LUT applied, bone bright) normalised over the values of the stored range, so 0..1."""
+    from x2ct.data.xray_files import dicom_value_range, read_dicom_pixels
+
+    pixels, bits, _, ds = read_dicom_pixels(path)
+    low, high = dicom_value_range(ds, bits)
+    if not (np.isfinite(low) and np.isfinite(high) and high > low):
+        raise ValueError(f"{path}: the Modality LUT maps the stored range to "
+                         f"[{low:g}, {high:g}]; expected an increasing range of values")
+    return ((pixels - low) / (high - low)).astype(np.float32)
 
 
 def load_xray(
@@ -537,8 +537,18 @@ def load_xray(
     bright, whose dtype's full range (255 for 8-bit, 65535 for 16-bit) stands for
     ``DRR_SCALE``; so ``value / max_of_dtype`` is the normalised X-ray. A float TIFF holds
     the normalised value itself. A ``.npy`` holds raw line integrals and is divided by
-    ``xray_scale``. RGB images become grey (luma); DICOM MONOCHROME1 is inverted; DICOM
-    needs ``pydicom``. :func:`save_xray_png` writes this convention.
+    ``xray_scale``. RGB images become grey (luma). :func:`save_xray_png` writes this
+    convention.
+
+    DICOM (needs ``pydicom``) is read by ``x2ct.data.xray_files.read_dicom_pixels``, as
+    ``read_radiograph`` reads it: the Modality LUT applied (RescaleSlope/Intercept or a
+    Modality LUT Sequence), MONOCHROME1 and PresentationLUTShape INVERSE mirrored so bone
+    is bright, rows and columns as stored (no Patient Orientation flips). The value is then
+    normalised over the stored value range after the Modality LUT: ``(v - low) / (high -
+    low)``, where low and high are the least and greatest the LUT gives over the stored
+    range (0 .. 2**BitsStored - 1, or the signed range when PixelRepresentation is 1). For
+    an unsigned file with a linear (or no) rescale this is ``stored / (2**BitsStored - 1)``
+    (MONOCHROME1: one minus that).
 
     Args:
         path: ``.png``, ``.tif``/``.tiff``, ``.npy`` or ``.dcm`` file.

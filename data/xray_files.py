@@ -283,30 +283,64 @@ def _modality_lut(arr: np.ndarray, ds) -> np.ndarray:
     return np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
 
 
-def _read_dicom(path: Path):
-    """(pixels with attenuation high, bits, photometric, tags) of a DICOM radiograph."""
+def dicom_value_range(ds, bits: int) -> tuple[float, float]:
+    """(lowest, highest) value that the stored range (0 .. 2**bits - 1, or the signed range
+    when PixelRepresentation is 1) takes under ``ds``'s Modality LUT."""
+    signed = int(getattr(ds, "PixelRepresentation", 0)) == 1
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    ends = _modality_lut(np.array([lo, hi]), ds)
+    return float(ends.min()), float(ends.max())
+
+
+def read_dicom_pixels(path: Path):
+    """(pixels, bits, photometric, tags) of a DICOM radiograph: x2ct's one reader of DICOM
+    radiograph pixels (``read_radiograph``, ``x2ct.data.io.load_xray``).
+
+    pixels: (H, W) float64, rows and columns as stored, the Modality LUT applied
+        (RescaleSlope/Intercept or a Modality LUT Sequence, pydicom's
+        ``apply_modality_lut``), attenuation high: MONOCHROME1 and PresentationLUTShape
+        INVERSE (low values shown white) are mirrored within :func:`dicom_value_range`.
+    bits: BitsStored (1-32). photometric: "MONOCHROME1", "MONOCHROME2" or
+        "MONOCHROME2 INVERSE", as read. tags: the pydicom dataset.
+
+    The size (Rows x NumberOfFrames by Columns, at most ``MAX_XRAY_PIXELS``), BitsStored
+    and the photometric interpretation (grey only) are checked before any pixel is
+    decoded; a multi-frame file is refused (``decode_pixels``). Every refusal is a
+    ValueError naming the file.
+    """
+    from x2ct.data.io import _check_xray_size
+
     pydicom = import_pydicom(path)
     try:
         ds = pydicom.dcmread(path)
     except Exception as e:  # pydicom raises many types for bad files
         raise ValueError(f"{path}: cannot read the DICOM file ({e})") from e
-    raw = decode_pixels(ds, path)
-    if raw.ndim != 2:
-        raise ValueError(f"{path}: expected one grey image, got pixel data of shape {raw.shape}")
-    pixels = _modality_lut(raw, ds)
-    bits = int(getattr(ds, "BitsStored", 16))
-    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        bits = int(getattr(ds, "BitsStored", 16))
+        photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
+        shape = str(getattr(ds, "PresentationLUTShape", "IDENTITY")).upper()
+    except Exception as e:  # a missing or garbled image tag
+        raise ValueError(f"{path}: cannot read the DICOM pixel data ({e})") from e
+    _check_xray_size(path, (rows * frames, cols))  # before decoding any pixel
+    if not 1 <= bits <= 32:
+        raise ValueError(f"{path}: BitsStored {bits} is not in [1, 32]")
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise ValueError(f"{path}: PhotometricInterpretation {photometric!r}; expected a grey "
                          "radiograph (MONOCHROME1 or MONOCHROME2)")
-    shape = str(getattr(ds, "PresentationLUTShape", "IDENTITY")).upper()
-    # MONOCHROME1 shows low values white (bone); INVERSE on MONOCHROME2 does the same.
-    if photometric == "MONOCHROME1" or shape == "INVERSE":
-        signed = int(getattr(ds, "PixelRepresentation", 0)) == 1
-        lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-        ends = _modality_lut(np.array([lo, hi]), ds)
-        pixels = float(ends.min() + ends.max()) - pixels
-        photometric = "MONOCHROME1" if photometric == "MONOCHROME1" else "MONOCHROME2 INVERSE"
+    raw = decode_pixels(ds, path)
+    if raw.ndim != 2:
+        raise ValueError(f"{path}: expected one grey image, got pixel data of shape {raw.shape}")
+    try:
+        pixels = _modality_lut(raw, ds)
+        # MONOCHROME1 shows low values white (bone); INVERSE on MONOCHROME2 does the same.
+        if photometric == "MONOCHROME1" or shape == "INVERSE":
+            low, high = dicom_value_range(ds, bits)
+            pixels = (low + high) - pixels
+            photometric = "MONOCHROME1" if photometric == "MONOCHROME1" else "MONOCHROME2 INVERSE"
+    except Exception as e:  # a garbled RescaleSlope/Intercept or Modality LUT Sequence
+        raise ValueError(f"{path}: cannot apply the DICOM Modality LUT ({e})") from e
     return pixels, bits, photometric, ds
 
 
@@ -433,7 +467,7 @@ def read_radiograph(
     ds = None
     orientation = None
     if suffix in (".dcm", ".dicom"):
-        pixels, bits, photometric, ds = _read_dicom(path)
+        pixels, bits, photometric, ds = read_dicom_pixels(path)
         intensity = "display"
         source["photometric"] = f"dicom tag PhotometricInterpretation {photometric}"
         value = getattr(ds, "PatientOrientation", None)

@@ -163,6 +163,65 @@ def test_dicom_modality_lut_and_missing_tags(tmp_path):
     assert r.geometry.sad == 700.0 and r.source["sod"] == "default"
 
 
+def test_load_xray_reads_dicom_as_read_radiograph_does(tmp_path):
+    """load_xray's DICOM values are read_radiograph's pixels (one reader: Modality LUT,
+    MONOCHROME1 and INVERSE mirrored) normalised over the stored range after the LUT: a
+    rescaled MONOCHROME1 file, a signed one and an INVERSE one agree with read_radiograph."""
+    from x2ct.data import load_xray
+    from x2ct.data.xray_files import dicom_value_range
+
+    img = dotted(12)
+    path = write_radiograph_dicom(tmp_path / "ap.dcm", 4095 - img, geometry(), 12,
+                                  "MONOCHROME1")
+    ds = pydicom.dcmread(path)
+    ds.RescaleSlope, ds.RescaleIntercept = "2", "-100"
+    ds.save_as(tmp_path / "m1.dcm")
+    r = read_radiograph(tmp_path / "m1.dcm")
+    np.testing.assert_allclose(r.pixels, 2 * img - 100)  # bone bright, LUT applied
+    low, high = dicom_value_range(ds, 12)
+    assert (low, high) == (-100.0, 2 * 4095 - 100.0)
+    a = load_xray(tmp_path / "m1.dcm")
+    assert a.dtype == np.float32 and a.shape == (H, W)
+    np.testing.assert_allclose(a, (r.pixels - low) / (high - low), atol=1e-7)
+    np.testing.assert_allclose(a, img / 4095, atol=1e-7)  # a linear rescale cancels
+
+    path = write_radiograph_dicom(tmp_path / "m2.dcm", img, geometry(), 12)
+    signed = np.arange(H * W).reshape(H, W) % 4096 - 2048  # the whole 12-bit signed range
+    ds = pydicom.dcmread(path)
+    ds.PixelRepresentation = 1
+    ds.PixelData = signed.astype("<i2").tobytes()
+    ds.save_as(tmp_path / "signed.dcm")
+    r = read_radiograph(tmp_path / "signed.dcm")
+    np.testing.assert_array_equal(r.pixels, signed)
+    np.testing.assert_allclose(load_xray(tmp_path / "signed.dcm"), (signed + 2048) / 4095,
+                               atol=1e-7)
+
+    ds = pydicom.dcmread(path)
+    ds.PresentationLUTShape = "INVERSE"
+    ds.save_as(tmp_path / "inverse.dcm")
+    np.testing.assert_allclose(read_radiograph(tmp_path / "inverse.dcm").pixels, 4095 - img)
+    np.testing.assert_allclose(load_xray(tmp_path / "inverse.dcm"), 1 - img / 4095,
+                               atol=1e-7)
+
+
+@pytest.mark.parametrize("bits", [8, 12, 16])
+def test_load_xray_plain_dicom_is_stored_over_its_bit_range(tmp_path, bits):
+    """An unsigned file without rescale tags reads as before: exactly stored / (2**bits - 1)."""
+    from x2ct.data import load_xray
+
+    img = dotted(bits)
+    img[0, :2] = (0, 2**bits - 1)
+    path = write_radiograph_dicom(tmp_path / "ap.dcm", img, geometry(), bits)  # slope 1
+    ds = pydicom.dcmread(path)
+    del ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType
+    ds.save_as(tmp_path / "plain.dcm")
+    expected = (img / float(2**bits - 1)).astype(np.float32)
+    for name in ("ap.dcm", "plain.dcm"):
+        a = load_xray(tmp_path / name)
+        np.testing.assert_array_equal(a, expected)
+        assert a[0, 0] == 0.0 and a[0, 1] == 1.0
+
+
 def test_c_arm_positioner_angle(tmp_path):
     path = write_radiograph_dicom(tmp_path / "xa.dcm", dotted(12), geometry(270.0), 12)
     ds = pydicom.dcmread(path)
