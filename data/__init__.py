@@ -30,6 +30,7 @@ _EXPORTS = {
     "radiographs": [
         "RadiographInput",
         "ResampledView",
+        "area_sample",
         "check_views",
         "prepare_radiographs",
         "resample_radiograph",
@@ -128,6 +129,7 @@ __all__ = [
     "PhantomOptions",
     "Placement",
     "PlacementRange",
+    "area_sample",
     "prepare_radiographs",
     "preprocess",
     "RadiographFile",
