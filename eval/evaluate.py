@@ -282,6 +282,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "x2ct's radiograph simulator (random tube voltage, scatter, noise, blur, "
                    "display curve, 8-bit PNG at 0.15-1 mm pixels, distances within the "
                    "model's range) written as files and read back as a user's files are")
+    p.add_argument("--radiograph-format", choices=("png", "dicom"), default="png",
+                   help="with --xray-style radiograph: 8-bit PNG files with a geometry.json, "
+                   "or 12-bit DX DICOM files whose tags carry the geometry")
     p.add_argument("--move", type=float, nargs=2, default=None, metavar=("MM", "DEG"),
                    help="move each case's field off its located spine by MM mm (a random "
                    "direction per case) and turn it by DEG degrees about the body axis (a "
@@ -551,7 +554,8 @@ def _test_cases(args, shape, spacing, window, geometry, xray_scale, acquisitions
             from x2ct.projector import stack_views
 
             folder = out_dir / "radiographs" / case.id.replace("/", "__")
-            rc = radiograph_case(case, geometry, acquisitions, folder, seed=args.seed * 7919 + i)
+            rc = radiograph_case(case, geometry, acquisitions, folder, seed=args.seed * 7919 + i,
+                                 file_format=args.radiograph_format)
             if any(rc.mirror):
                 _fail(f"{case.id}: the simulated views needed mirroring; evaluate at 0 and 90")
             item.update(xrays=rc.xrays[0], views=stack_views(rc.geometries, torch.float32),
@@ -695,6 +699,8 @@ def main(argv=None) -> dict:
 
     geometry, xray_scale = _reference_views(args, rows, shape, spacing)
     acquisitions = _reference_acquisitions(rows)
+    if args.radiograph_format != "png" and args.xray_style != "radiograph":
+        _fail("--radiograph-format is for --xray-style radiograph")
     if args.xray_style == "radiograph" and acquisitions is None:
         _fail("--xray-style radiograph needs a --model row (its accepted acquisitions)")
     cases = _test_cases(args, shape, spacing, window, geometry, xray_scale, acquisitions,
@@ -786,6 +792,8 @@ def main(argv=None) -> dict:
             "pose_jitter": None if args.pose_jitter is None else
             {"max_angle_deg": args.pose_jitter[0], "max_shift_mm": args.pose_jitter[1]},
             "xray_style": args.xray_style,
+            "radiograph_format": args.radiograph_format if args.xray_style == "radiograph"
+            else None,
             "move": None if args.move is None else
             {"shift_mm": args.move[0], "turn_deg": args.move[1]},
             "crop_mm": args.crop_mm,

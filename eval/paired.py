@@ -1,12 +1,13 @@
 """Paired comparisons between parts of ``eval/results.sh``: the same phantoms scored two ways.
 
-The radiograph part (8-bit PNG files read back), the move part (the field 14 mm and 8
+The radiograph part (8-bit PNG files read back), the dicom part (12-bit DX DICOM files
+read back, the geometry from their tags), the move part (the field 14 mm and 8
 degrees off the spine) and the crop part (each CT cut to 136 mm around its spine) use the
 first phantoms of the lumbar part (ideal DRRs through the whole body, field in place).
 Their targets are differences on the same cases, so this module matches the rows of two
 ``cases.csv`` files by method and case and reports both means and their difference:
 
-    python -m x2ct.eval.paired runs/results            # radiograph, move, crop vs lumbar
+    python -m x2ct.eval.paired runs/results            # radiograph, dicom, move, crop vs lumbar
     python -m x2ct.eval.paired runs/results --parts radiograph --metric ssim_3d --digits 3
 """
 
@@ -22,7 +23,7 @@ from typing import NamedTuple
 
 __all__ = ["PairedRow", "paired_rows", "paired_table", "read_cases"]
 
-PARTS = ("radiograph", "move", "crop")
+PARTS = ("radiograph", "dicom", "move", "crop")
 
 
 class PairedRow(NamedTuple):

@@ -10,8 +10,9 @@ room or C-arm would image the patient, not the way training renders DRRs:
 - source-to-isocentre and source-to-detector distances drawn within the model's accepted
   range (``config.acquisitions``; both views share them, as on a C-arm);
 - a random ``RadiographStyle`` per view (tube voltage, filtration, scatter, noise, blur,
-  heel effect, display curve), stored as 8-bit PNG;
-- written with a ``geometry.json`` that states the geometry truthfully, then read back
+  heel effect, display curve);
+- stored as an 8-bit PNG with a ``geometry.json`` that states the geometry truthfully, or
+  as a 12-bit DX DICOM whose tags state it (``--radiograph-format dicom``), then read back
   through ``x2ct.data.prepare_radiographs``, exactly as ``reconstruct.py --ap --lateral``
   reads a user's files.
 """
@@ -35,17 +36,32 @@ class RadiographCase:
     settings: dict  # what was drawn (pixel size, distances, kV, ...)
 
 
+FILE_FORMATS = {"png": 8, "dicom": 12}
+"""Formats of the test radiographs and their bit depth: an 8-bit PNG with a geometry.json
+(a screenshot or an export), or a 12-bit DX DICOM whose tags alone carry the geometry
+(DistanceSourceToDetector, DistanceSourceToPatient, ImagerPixelSpacing, ViewPosition,
+PatientOrientation) and its PhotometricInterpretation, as an X-ray room exports it."""
+
+
 def radiograph_case(case, nominal, acquisitions, folder: Path, seed: int,
-                    pixel_range=(0.15, 1.0), bits: int = 8) -> RadiographCase:
+                    pixel_range=(0.15, 1.0), file_format: str = "png") -> RadiographCase:
     """Radiograph files of ``case`` (a ``Case`` made with ``keep_body=True``) written
-    into ``folder``, and the model input read back from them."""
+    into ``folder`` as ``file_format`` (:data:`FILE_FORMATS`), and the model input read
+    back from them. The draws (pixel size, distances, styles) do not depend on the
+    format, so the formats image each case alike but for the stored bits."""
     from x2ct.data import (
         RadiographView,
         prepare_radiographs,
         write_geometry_json,
+        write_radiograph_dicom,
         write_radiograph_png,
         x2ct_orientation,
     )
+
+    if file_format not in FILE_FORMATS:
+        raise ValueError(f"file_format must be one of {sorted(FILE_FORMATS)}, got "
+                         f"{file_format!r}")
+    bits = FILE_FORMATS[file_format]
     from x2ct.data.scene import views_in_body
     from x2ct.projector import Geometry, isocentre_pixel, view_vectors
     from x2ct.projector.radiograph import RadiographStyle, material_paths, simulate_radiograph
@@ -82,14 +98,21 @@ def radiograph_case(case, nominal, acquisitions, folder: Path, seed: int,
         detector = Geometry(sad=sad, sdd=sdd, detector_shape=shape,
                             pixel_spacing=(pixel, pixel), angles=(angle,))
         name = ("ap", "lateral")[k] if k < 2 else f"view{k}"
-        path = folder / f"{name}.png"
-        write_radiograph_png(path, shown.numpy(), style.bits)
         photometric = "MONOCHROME1" if style.invert else "MONOCHROME2"
-        entries.append(RadiographView(name, path.name, detector, "display", style.bits,
-                                      photometric, x2ct_orientation(angle)))
+        if file_format == "dicom":
+            path = folder / f"{name}.dcm"
+            write_radiograph_dicom(path, shown.numpy(), detector, style.bits, photometric,
+                                   kvp=style.kvp)
+        else:
+            path = folder / f"{name}.png"
+            write_radiograph_png(path, shown.numpy(), style.bits)
+            entries.append(RadiographView(name, path.name, detector, "display", style.bits,
+                                          photometric, x2ct_orientation(angle)))
         files.append(path)
-    write_geometry_json(folder / "geometry.json", entries)
+    if entries:
+        write_geometry_json(folder / "geometry.json", entries)
     read = prepare_radiographs(files, nominal)
     settings = {"pixel_mm": pixel, "sad_mm": sad, "sdd_mm": sdd, "detector": list(shape),
-                "kvp": [s.kvp for s in styles], "bits": bits, "coverage": read.coverage}
+                "kvp": [s.kvp for s in styles], "bits": bits, "format": file_format,
+                "coverage": read.coverage, "geometry_from": [dict(x) for x in read.sources]}
     return RadiographCase(torch.from_numpy(read.xrays), read.geometries, read.mirror, settings)

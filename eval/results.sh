@@ -6,7 +6,8 @@
 #   bash eval/results.sh [MODEL [OUT [PART...]]]   # default: models/ldm-tiny into
 #                                                  # runs/results, every part
 #
-# Parts: lumbar (10 phantoms), thoracic, radiograph (8-bit PNG files read back), move (the
+# Parts: lumbar (10 phantoms), thoracic, radiograph (8-bit PNG files read back), dicom (the
+# same radiographs as 12-bit DX DICOM files, the geometry from their tags), move (the
 # field 14 mm and 8 degrees off the spine), metal (pedicle screws and rods), crop (each CT
 # cut to 136 mm around its spine, the tightest crop that holds the field, as spine CT crops
 # are: X-rays through the crop alone); 6 phantoms each but lumbar. Each builds its phantoms
@@ -16,7 +17,7 @@
 # two instances with different parts and OMP_NUM_THREADS=1 finish sooner than one. Two cases a
 # call: with the model's 16 samples that is 32 volumes decoded at once.
 #
-# The radiograph, move and crop parts score the lumbar part's first 6 phantoms another
+# The radiograph, dicom, move and crop parts score the lumbar part's first 6 phantoms another
 # way; their targets are differences on the same cases, printed at the end when the lumbar
 # part is in OUT (after side-by-side instances: python -m x2ct.eval.paired OUT).
 set -euo pipefail
@@ -24,7 +25,7 @@ cd "$(dirname "$0")/.."
 MODEL=${1:-models/ldm-tiny}
 OUT=${2:-runs/results}
 PARTS=("${@:3}")
-(( ${#PARTS[@]} )) || PARTS=(lumbar thoracic radiograph move metal crop)
+(( ${#PARTS[@]} )) || PARTS=(lumbar thoracic radiograph dicom move metal crop)
 PY=${PYTHON:-python}
 mkdir -p "$OUT"
 run() {  # run NAME ARGS...: one evaluation into OUT/NAME, its log beside it
@@ -40,10 +41,12 @@ for part in "${PARTS[@]}"; do
     lumbar) run lumbar --phantoms 10 --region lumbar ;;
     thoracic) run thoracic --phantoms 6 --region thoracic ;;
     radiograph) run radiograph --phantoms 6 --region lumbar --xray-style radiograph ;;
+    dicom) run dicom --phantoms 6 --region lumbar --xray-style radiograph \
+      --radiograph-format dicom ;;
     move) run move --phantoms 6 --region lumbar --move 14 8 ;;
     metal) run metal --phantoms 6 --region lumbar --phantom-option metal=true ;;
     crop) run crop --phantoms 6 --region lumbar --crop-mm 136 ;;
-    *) echo "unknown part $part (lumbar thoracic radiograph move metal crop)" >&2; exit 2 ;;
+    *) echo "unknown part $part (lumbar thoracic radiograph dicom move metal crop)" >&2; exit 2 ;;
   esac
 done
 if [[ -f "$OUT/lumbar/cases.csv" ]]; then

@@ -354,6 +354,45 @@ def test_radiograph_rows_read_simulated_files_as_a_user_would(tmp_path):
     assert not (tmp_path / "refused").exists()
 
 
+def test_radiograph_rows_can_read_dicom_files_by_their_tags(tmp_path):
+    """--radiograph-format dicom: 12-bit DX files without a geometry.json; the distances
+    and pixel spacing come from their tags, drawn as the PNG rows draw them."""
+    pydicom = pytest.importorskip("pydicom")
+    from x2ct.data import read_radiograph
+    from x2ct.projector import AcquisitionRange
+
+    acq = AcquisitionRange((500.0, 900.0), (1.2, 1.8), 2.0).to_dict()
+    rank = tmp_path / "rank"
+    tiny_reconstructor(seed=0, xray_input="rank", xrays_through="body",
+                       acquisition_range=acq).save_pretrained(rank)
+    args = ["--model", str(rank), "--phantoms", "1", "--steps", "2", "--sampler", "ddim",
+            "--locate-by", "labels", "--xray-style", "radiograph", "--no-lpips",
+            "--fid-net", "none", "--no-progress"]
+    evaluate.main(args + ["--radiograph-format", "dicom", "--out", str(tmp_path / "dcm")])
+    evaluate.main(args + ["--out", str(tmp_path / "png")])
+    folder = tmp_path / "dcm" / "radiographs" / "phantom_90000"
+    assert sorted(p.name for p in folder.iterdir()) == ["ap.dcm", "lateral.dcm"]
+    told = json.loads((tmp_path / "png" / "radiographs" / "phantom_90000" /
+                       "geometry.json").read_text())["views"]
+    for name, view in zip(("ap", "lateral"), told):
+        ds = pydicom.dcmread(folder / f"{name}.dcm")
+        assert ds.BitsStored == 12 and ds.Modality == "DX"
+        assert float(ds.DistanceSourceToDetector) == pytest.approx(view["sid_mm"], rel=1e-4)
+        assert float(ds.DistanceSourceToPatient) == pytest.approx(view["sod_mm"], rel=1e-4)
+        assert [float(v) for v in ds.ImagerPixelSpacing] == pytest.approx(
+            view["pixel_spacing_mm"], rel=1e-4)
+        source = read_radiograph(folder / f"{name}.dcm").source
+        assert source["sid"] == "dicom tag DistanceSourceToDetector"
+        assert source["sod"] == "dicom tag DistanceSourceToPatient"
+        assert source["pixel_spacing"].startswith("dicom tag ImagerPixelSpacing")
+    saved = json.loads((tmp_path / "dcm" / "summary.json").read_text())
+    assert saved["settings"]["radiograph_format"] == "dicom"
+    assert math.isfinite(saved["rows"][0]["metrics"]["psnr_3d"]["mean"])
+    with pytest.raises(InputError, match="radiograph-format"):
+        evaluate.main(["--model", str(rank), "--phantoms", "1", "--radiograph-format", "dicom",
+                       "--out", str(tmp_path / "refused"), "--no-progress"])
+
+
 def test_crop_mm_cuts_the_ct_around_the_spine_before_the_case_is_made(models, tmp_path):
     """``--crop-mm`` wider than the field: the field (the truth) is the same, so the
     autoencoder round trip scores the same; the X-rays see only the crop, so the model's
