@@ -50,7 +50,7 @@ for part in "${PARTS[@]}"; do
   esac
 done
 if [[ -f "$OUT/lumbar/cases.csv" ]]; then
-  echo "== the same phantoms: radiograph files, a moved field and a cropped CT vs ideal DRRs in place"
+  echo "== the same phantoms: radiograph PNG and DICOM files, a moved field and a cropped CT vs ideal DRRs in place"
   "$PY" -m x2ct.eval.paired "$OUT"
 fi
 echo "wrote $OUT"
