@@ -93,6 +93,8 @@ def resample_radiograph(
     ``angles`` (one), ``detector_offset``), resampled onto the detector of ``nominal`` (the
     model's Geometry). ``antialias``: "area" (each model pixel the mean over its square),
     "gaussian" (smoothed, then bilinear) or "none" (bilinear point samples)."""
+    if antialias not in ANTIALIAS:
+        raise ValueError(f"antialias must be one of {ANTIALIAS}, got {antialias!r}")
     image = np.asarray(image, dtype=np.float64)
     if image.ndim != 2:
         raise ValueError(f"a radiograph must be a 2-D image, got shape {image.shape}")
@@ -115,8 +117,6 @@ def resample_radiograph(
     i = (rows - 1) / 2 - o_v / dv + (a - (h - 1) / 2) * dv_t / dv
     j = (cols - 1) / 2 - o_u / du + (b - (w - 1) / 2) * du_t / du
     ii, jj = np.meshgrid(i, j, indexing="ij")
-    if antialias not in ANTIALIAS:
-        raise ValueError(f"antialias must be one of {ANTIALIAS}, got {antialias!r}")
     if antialias == "area":
         out = area_sample(image, ii, jj, (dv_t / dv, du_t / du))
     else:

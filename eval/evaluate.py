@@ -80,6 +80,7 @@ from x2ct.eval.metrics import (
     load_lpips,
     to_unit_window,
 )
+from x2ct.eval.radiograph_cases import FILE_FORMATS, radiograph_case
 from x2ct.eval.reconstruct import add_guidance_arguments, check_guidance_arguments, options
 from x2ct.fileio import atomic_path
 from x2ct.models import model_spec
@@ -282,7 +283,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "x2ct's radiograph simulator (random tube voltage, scatter, noise, blur, "
                    "display curve, 8-bit PNG at 0.15-1 mm pixels, distances within the "
                    "model's range) written as files and read back as a user's files are")
-    p.add_argument("--radiograph-format", choices=("png", "dicom"), default="png",
+    p.add_argument("--radiograph-format", choices=tuple(FILE_FORMATS), default="png",
                    help="with --xray-style radiograph: 8-bit PNG files with a geometry.json, "
                    "or 12-bit DX DICOM files whose tags carry the geometry")
     p.add_argument("--move", type=float, nargs=2, default=None, metavar=("MM", "DEG"),
@@ -550,7 +551,6 @@ def _test_cases(args, shape, spacing, window, geometry, xray_scale, acquisitions
             "views": None, "intensity": "line_integral",
         }
         if args.xray_style == "radiograph":
-            from x2ct.eval.radiograph_cases import radiograph_case
             from x2ct.projector import stack_views
 
             folder = out_dir / "radiographs" / case.id.replace("/", "__")

@@ -49,6 +49,10 @@ def radiograph_case(case, nominal, acquisitions, folder: Path, seed: int,
     into ``folder`` as ``file_format`` (:data:`FILE_FORMATS`), and the model input read
     back from them. The draws (pixel size, distances, styles) do not depend on the
     format, so the formats image each case alike but for the stored bits."""
+    if file_format not in FILE_FORMATS:
+        raise ValueError(f"file_format must be one of {sorted(FILE_FORMATS)}, got "
+                         f"{file_format!r}")
+    bits = FILE_FORMATS[file_format]
     from x2ct.data import (
         RadiographView,
         prepare_radiographs,
@@ -57,11 +61,6 @@ def radiograph_case(case, nominal, acquisitions, folder: Path, seed: int,
         write_radiograph_png,
         x2ct_orientation,
     )
-
-    if file_format not in FILE_FORMATS:
-        raise ValueError(f"file_format must be one of {sorted(FILE_FORMATS)}, got "
-                         f"{file_format!r}")
-    bits = FILE_FORMATS[file_format]
     from x2ct.data.scene import views_in_body
     from x2ct.projector import Geometry, isocentre_pixel, view_vectors
     from x2ct.projector.radiograph import RadiographStyle, material_paths, simulate_radiograph
@@ -113,6 +112,5 @@ def radiograph_case(case, nominal, acquisitions, folder: Path, seed: int,
         write_geometry_json(folder / "geometry.json", entries)
     read = prepare_radiographs(files, nominal)
     settings = {"pixel_mm": pixel, "sad_mm": sad, "sdd_mm": sdd, "detector": list(shape),
-                "kvp": [s.kvp for s in styles], "bits": bits, "format": file_format,
-                "coverage": read.coverage, "geometry_from": [dict(x) for x in read.sources]}
+                "kvp": [s.kvp for s in styles], "bits": bits, "coverage": read.coverage}
     return RadiographCase(torch.from_numpy(read.xrays), read.geometries, read.mirror, settings)
