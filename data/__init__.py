@@ -17,6 +17,7 @@ _EXPORTS = {
     "augment": ["XrayAugment", "augment_generator"],
     "cases": [
         "Case",
+        "CropRange",
         "PlacementRange",
         "SpinePoint",
         "crop_around_spine",
@@ -99,6 +100,7 @@ __all__ = [
     "check_views",
     "CONFIDENCE_WARN",
     "CropPadToSpined",
+    "CropRange",
     "ct_case",
     "ct_to_drr",
     "CTCase",

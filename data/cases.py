@@ -45,6 +45,7 @@ from x2ct.projector import Geometry, hu_to_mu, project_views, stack_views, view_
 
 __all__ = [
     "Case",
+    "CropRange",
     "PlacementRange",
     "SpinePoint",
     "TRUNCATION_WARN",
@@ -82,6 +83,45 @@ class PlacementRange:
 
     def to_dict(self) -> dict:
         return {"shift_mm": self.shift_mm, "turn_deg": self.turn_deg, "tilt_deg": self.tilt_deg}
+
+
+@dataclass(frozen=True)
+class CropRange:
+    """How often, and how tightly, a training CT is cut around its spine before its
+    X-rays are rendered: a ``fraction`` of cases is cut to a square of width drawn
+    log-uniformly in [``min_mm``, ``max_mm``] (left-right x front-back, the whole height
+    kept; :func:`crop_around_spine`), so that its X-rays see the crop alone.
+
+    Spine CT collections are cut this way (VerSe and CTSpine1K crops, reconstruction
+    fields of 150-250 mm), and clinical CTs are cut at a 350-500 mm scan field, which
+    truncates large patients at the skin. A model trained on whole bodies only meets
+    X-rays without the body's background for the first time at test time; widths from the
+    field's own width to an adult torso's cover both kinds. The default upper width, 360
+    mm, lies inside the adult torso widths the phantom draws (280-380 mm), so some cases
+    are cut at the skin as well."""
+
+    fraction: float = 0.0
+    min_mm: float = 136.0
+    max_mm: float = 360.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.fraction) and 0.0 <= self.fraction <= 1.0):
+            raise ValueError(f"CropRange.fraction must be in [0, 1], got {self.fraction}")
+        if not (math.isfinite(self.min_mm) and math.isfinite(self.max_mm)
+                and 0 < self.min_mm <= self.max_mm):
+            raise ValueError("CropRange needs 0 < min_mm <= max_mm, got "
+                             f"{self.min_mm}, {self.max_mm}")
+
+    def draw(self, generator: np.random.Generator) -> float | None:
+        """A crop width in mm, or None (the case keeps the whole CT). Always two draws,
+        so a case's crop does not depend on whether the one before was cut."""
+        cut, u = generator.uniform(0.0, 1.0, 2)
+        if cut >= self.fraction:
+            return None
+        return float(self.min_mm * (self.max_mm / self.min_mm) ** u)
+
+    def to_dict(self) -> dict:
+        return {"fraction": self.fraction, "min_mm": self.min_mm, "max_mm": self.max_mm}
 
 
 @dataclass(frozen=True)

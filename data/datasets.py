@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from x2ct.data.augment import XrayAugment, augment_generator
-from x2ct.data.cases import PlacementRange
+from x2ct.data.cases import CropRange, PlacementRange
 from x2ct.data.io import atomic_path
 from x2ct.data.phantom import REGIONS, phantom_id, spine_phantom
 from x2ct.data.transforms import HU_WINDOW, hu_to_unit, unit_to_hu
@@ -215,6 +215,38 @@ class _Base(Dataset):
         return item
 
 
+def _crops(crops: CropRange | None) -> CropRange | None:
+    """``crops`` checked; None when it cuts no case (fraction 0)."""
+    if crops is not None and not isinstance(crops, CropRange):
+        raise ValueError(f"crops must be a CropRange or None, got {crops!r}")
+    return None if crops is None or crops.fraction == 0 else crops
+
+
+def _random_case(dataset, ct, mask, spine, rng: np.random.Generator,
+                 crop_rng: np.random.Generator, case_id: str):
+    """One training case of ``ct`` (located at ``spine``) for a dataset with ``placement``,
+    ``acquisitions`` and ``crops`` ranges: the CT cut around its spine when ``crops`` draws
+    a width (``crop_rng``), the field placed at random around the spine and the views drawn
+    (``rng``, the same draws whether or not the CT is cut)."""
+    from x2ct.data.cases import crop_around_spine, ct_case
+
+    width = None if dataset.crops is None else dataset.crops.draw(crop_rng)
+    if width is not None:
+        ct, mask, spine = crop_around_spine(ct, width, spine, mask)
+    placement = None
+    if dataset.placement is not None:
+        placement = dataset.placement.draw(spine.centre, rng)
+    acquisition = None
+    if dataset.acquisitions is not None:
+        g = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+        acquisition = dataset.acquisitions.sample(dataset.geometry, g)
+    case = ct_case(ct, dataset.shape, dataset.spacing, dataset.geometry, mask=mask,
+                   placement=placement, acquisition=acquisition, spine=spine,
+                   case_id=case_id, window=dataset.window, materials=dataset.materials)
+    case.info["crop_mm"] = width
+    return case
+
+
 class _CaseCache:
     """Cases (x2ct.data.cases.Case) stored as safetensors under ``root``, keyed by a hash
     of everything they are made from; an unreadable entry is rebuilt."""
@@ -342,6 +374,9 @@ class PhantomDataset(_Base):
             ``options`` is passed to the phantom (its feature switches).
         materials: whole-body items also carry ``paths`` (3, V, H, W), the basis-material
             paths the radiograph simulator turns into radiographs.
+        crops: a :class:`~x2ct.data.cases.CropRange`: that fraction of whole-body cases is
+            cut around the spine before its X-rays are rendered, as spine CT crops are
+            (None: every case sees the whole body).
     """
 
     def __init__(
@@ -367,6 +402,7 @@ class PhantomDataset(_Base):
         options=None,
         cache_dir: str | os.PathLike | bool | None = None,
         materials: bool = False,
+        crops: CropRange | None = None,
     ):
         if int(n) < 0:
             raise ValueError(f"n must be non-negative, got {n}")
@@ -390,6 +426,7 @@ class PhantomDataset(_Base):
         self.placements = int(placements)
         self.options = options
         self.materials = bool(materials)
+        self.crops = _crops(crops)
         seeds = [int(seed) + i for i in range(int(n))]
         keep = _select([phantom_id(s) for s in seeds], split, split_fractions, split_seed)
         self.seeds = [seeds[i] for i in keep]
@@ -414,7 +451,7 @@ class PhantomDataset(_Base):
 
     def _build(self, seed: int) -> list[dict[str, torch.Tensor]]:
         """Every placement of phantom ``seed`` (one drawing of its body)."""
-        from x2ct.data.cases import ct_case, locate, phantom_body
+        from x2ct.data.cases import locate, phantom_body
 
         body, labels = phantom_body(seed, self.region_of(seed), self.spacing, self.shape,
                                     self.options)
@@ -422,17 +459,8 @@ class PhantomDataset(_Base):
         out = []
         for k in range(self.placements):
             rng = np.random.default_rng([int(seed), int(k), 0x91ACE])
-            placement = None
-            if self.placement is not None:
-                placement = self.placement.draw(spine.centre, rng)
-            acquisition = None
-            if self.acquisitions is not None:
-                g = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
-                acquisition = self.acquisitions.sample(self.geometry, g)
-            case = ct_case(body, self.shape, self.spacing, self.geometry, mask=labels,
-                           placement=placement, acquisition=acquisition, spine=spine,
-                           case_id=phantom_id(seed), window=self.window,
-                           materials=self.materials)
+            crop_rng = np.random.default_rng([int(seed), int(k), 0xC809])
+            case = _random_case(self, body, labels, spine, rng, crop_rng, phantom_id(seed))
             out.append(_case_tensors(case, self.window))
         return out
 
@@ -451,6 +479,8 @@ class PhantomDataset(_Base):
                 else self.acquisitions.to_dict(),
                 "options": repr(self.options),
                 "materials": self.materials,
+                # (no crops: caches made before the option keep their key)
+                **({"crops": self.crops.to_dict()} if self.crops is not None else {}),
             }
             built: list = []
 
@@ -622,7 +652,9 @@ class CTFolderDataset(_Base):
             pass False to batch them together.
         placement, acquisitions, placements: see above.
         materials: items also carry ``paths`` (3, V, H, W) for the radiograph simulator.
-        seed: augmentation and placement seed.
+        crops: a :class:`~x2ct.data.cases.CropRange`: that fraction of cases is cut tighter
+            around the spine before its X-rays are rendered (None: the CT as it is).
+        seed: augmentation, placement and crop seed.
     """
 
     def __init__(
@@ -644,6 +676,7 @@ class CTFolderDataset(_Base):
         acquisitions: AcquisitionRange | None = None,
         placements: int = 1,
         materials: bool = False,
+        crops: CropRange | None = None,
     ):
         self.root = Path(root)
         self.shape = tuple(int(s) for s in shape)
@@ -661,6 +694,7 @@ class CTFolderDataset(_Base):
         self.acquisitions = acquisitions
         self.placements = int(placements)
         self.materials = bool(materials)
+        self.crops = _crops(crops)
         self.seed = int(seed)
         self.ids = [
             c.id + (f"_{k}" if self.placements > 1 else "")
@@ -701,11 +735,12 @@ class CTFolderDataset(_Base):
             "placement": None if self.placement is None else self.placement.to_dict(),
             "acquisitions": None if self.acquisitions is None else self.acquisitions.to_dict(),
             "materials": self.materials,
+            **({"crops": self.crops.to_dict()} if self.crops is not None else {}),
         }
 
     def _build(self, case: CTCase) -> list[dict[str, torch.Tensor]]:
         """Every placement of one CT (loaded and located once)."""
-        from x2ct.data.cases import ct_case, locate
+        from x2ct.data.cases import locate
         from x2ct.data.io import check_hounsfield, load_ct
 
         ct = load_ct(case.image)
@@ -718,16 +753,8 @@ class CTFolderDataset(_Base):
         for k in range(self.placements):
             digest = hashlib.sha256(f"{self.seed}:{case.id}:{k}".encode()).digest()
             rng = np.random.default_rng(list(digest[:8]))
-            placement = None
-            if self.placement is not None:
-                placement = self.placement.draw(spine.centre, rng)
-            acquisition = None
-            if self.acquisitions is not None:
-                g = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
-                acquisition = self.acquisitions.sample(self.geometry, g)
-            c = ct_case(ct, self.shape, self.spacing, self.geometry, mask=mask,
-                        placement=placement, acquisition=acquisition, spine=spine,
-                        case_id=case.id, window=self.window, materials=self.materials)
+            crop_rng = np.random.default_rng(list(digest[8:16]))
+            c = _random_case(self, ct, mask, spine, rng, crop_rng, case.id)
             c.info["source"] = str(case.image)
             out.append(_case_tensors(c, self.window))
         return out

@@ -64,3 +64,59 @@ def test_crop_wider_than_the_ct_keeps_it_whole_and_bad_input_is_refused(body):
             crop_around_spine(ct, bad, spine, labels)
     with pytest.raises(ValueError, match="label mask has shape"):
         crop_around_spine(ct, 136.0, spine, labels[:-1])
+
+
+def test_crop_range_draws_its_fraction_and_log_uniform_widths():
+    """CropRange cuts its fraction of cases, to widths log-uniform in its range."""
+    from x2ct.data import CropRange
+
+    rng = np.random.default_rng(0)
+    crops = CropRange(0.3, 136.0, 360.0)
+    widths = [crops.draw(rng) for _ in range(4000)]
+    cut = np.array([w for w in widths if w is not None])
+    assert abs(len(cut) / 4000 - 0.3) < 0.03  # binomial sd 0.007
+    assert cut.min() >= 136.0 and cut.max() <= 360.0
+    u = np.log(cut / 136.0) / np.log(360.0 / 136.0)  # uniform on [0, 1] if log-uniform
+    assert abs(u.mean() - 0.5) < 0.03 and abs(u.var() - 1 / 12) < 0.01
+    assert all(CropRange(0.0).draw(rng) is None for _ in range(50))
+    assert all(CropRange(1.0, 200.0, 200.0).draw(rng) == pytest.approx(200.0) for _ in range(50))
+    for bad in ((1.5, 136.0, 360.0), (-0.1, 136.0, 360.0), (0.3, 0.0, 360.0),
+                (0.3, 360.0, 136.0), (0.3, 136.0, float("nan"))):
+        with pytest.raises(ValueError, match="CropRange"):
+            CropRange(*bad)
+
+
+def test_training_crops_cut_the_x_rays_and_keep_the_field():
+    """A dataset with crops makes the same cases (field, placement, views) as without,
+    with X-rays of the cut CT alone: nowhere brighter in line integral, and fainter in all;
+    a width that holds the field after its shift and turn keeps the target unchanged."""
+    from x2ct.data import CropRange, PhantomDataset, PlacementRange
+    from x2ct.projector import AcquisitionRange
+
+    kw = dict(n=2, seed=90010, shape=(32, 32, 32), spacing=(4.0, 4.0, 4.0),
+              placement=PlacementRange(), placements=2, cache_dir=False, cache_size=0,
+              acquisitions=AcquisitionRange((600.0, 1200.0), (1.2, 1.6), 3.0))
+    whole = PhantomDataset(**kw)
+    cut = PhantomDataset(**kw, crops=CropRange(1.0, 240.0, 240.0))  # cut below a torso's width
+    for i in range(len(whole)):
+        a, b = whole[i], cut[i]
+        np.testing.assert_allclose(b["ct"].numpy(), a["ct"].numpy(), atol=1e-4)
+        np.testing.assert_array_equal(b["views"].numpy(), a["views"].numpy())
+        np.testing.assert_allclose(b["drr_field"].numpy(), a["drr_field"].numpy(), atol=1e-4)
+        assert float((b["drr"] - a["drr"]).max()) < 1e-3
+        assert float(b["drr"].mean()) < 0.95 * float(a["drr"].mean())
+    with pytest.raises(ValueError, match="CropRange"):
+        PhantomDataset(**kw, crops=(0.3, 136.0, 360.0))
+
+
+def test_latent_crops_flag_is_checked(capsys):
+    """train/latent.py --crops: a fraction outside [0, 1] or widths out of order are refused
+    by name; 0 (the default) cuts nothing, so runs and caches made before it keep theirs."""
+    from x2ct.train.latent import crop_range, parse_args
+
+    for bad in (["1.5", "136", "360"], ["0.3", "360", "136"]):
+        with pytest.raises(SystemExit):
+            parse_args(["--crops", *bad])
+        assert "CropRange" in capsys.readouterr().err
+    assert crop_range(parse_args([])) is None
+    assert crop_range(parse_args(["--crops", "0.3", "136", "360"])).fraction == 0.3

@@ -61,7 +61,7 @@ from x2ct.data import (
     spine_centre,
     unit_to_hu,
 )
-from x2ct.data.cases import PlacementRange
+from x2ct.data.cases import CropRange, PlacementRange
 from x2ct.data.datasets import case_code_version
 from x2ct.diffusion import (
     LATENT_DIFFUSION_CONFIGS,
@@ -121,7 +121,7 @@ RESUMABLE = {
 }
 # Flags added after runs were started: a run folder whose args.json lacks one ran with
 # this value, so resuming it with today's default is the same run.
-ADDED_FLAGS = {"objective": "diffusion", "detector": None}
+ADDED_FLAGS = {"objective": "diffusion", "detector": None, "crops": [0.0, 136.0, 360.0]}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -221,6 +221,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         "turns up to TURN_DEG about the body axis, tilts up to TILT_DEG (0 0 0: centred)",
     )
     p.add_argument(
+        "--crops",
+        type=float,
+        nargs=3,
+        default=(0.0, 136.0, 360.0),
+        metavar=("FRACTION", "MIN_MM", "MAX_MM"),
+        help="cut FRACTION of the training CTs to a square of MIN_MM to MAX_MM (log-uniform) "
+        "around the spine before their X-rays are rendered, as spine CT crops and small "
+        "scan fields are (x2ct.data.CropRange; 0: every case sees the whole body)",
+    )
+    p.add_argument(
         "--sad-range",
         type=float,
         nargs=2,
@@ -293,6 +303,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("nothing to train on: --n-train 0 and no --data")
     try:
         placement_range(args)
+        crop_range(args)
         acquisition_range(args)
     except ValueError as e:
         p.error(str(e))
@@ -341,6 +352,10 @@ def placement_range(args) -> PlacementRange:
     return PlacementRange(*args.placement)
 
 
+def crop_range(args) -> CropRange | None:
+    return CropRange(*args.crops) if args.crops[0] > 0 else None
+
+
 def acquisition_range(args) -> AcquisitionRange:
     return AcquisitionRange(tuple(args.sad_range), tuple(args.magnification_range),
                             args.angle_jitter)
@@ -354,7 +369,7 @@ def training_sets(args, geometry, spacing, window) -> list[Dataset]:
         shape=tuple(args.shape), spacing=spacing, geometry=geometry, window=window,
         xray_scale=DRR_SCALE, placement=placement_range(args),
         acquisitions=acquisition_range(args), placements=args.placements,
-        materials=args.xray_style > 0,
+        materials=args.xray_style > 0, crops=crop_range(args),
     )
     parts: list[Dataset] = []
     if args.n_train > 0:
@@ -522,8 +537,9 @@ def main(argv=None) -> Path:
                 "settings": [args.regions, args.placements, list(args.placement),
                              list(args.sad_range), list(args.magnification_range),
                              args.angle_jitter, list(args.shape), args.xray_style > 0]
-                # (a detector given: caches made before the flag keep their key)
-                + ([list(args.detector)] if args.detector is not None else []),
+                # (a detector given, crops: caches made before the flags keep their key)
+                + ([list(args.detector)] if args.detector is not None else [])
+                + ([crop_range(args).to_dict()] if crop_range(args) is not None else []),
                 "cases": case_code_version(),
                 "cache_format": 3,  # 3: whole-body cases with views
             },
