@@ -376,6 +376,14 @@ def test_ct_folder_dataset_caches_outside_the_data(tmp_path, monkeypatch):
     assert ds.cache_path(1) != entries[0]
     other = CTFolderDataset(root, spacing=(6.0, 6.0, 6.0), shape=shape, cache_dir=cache)
     assert other.cache_path(0).name != ds.cache_path(0).name
+    # Crops (train/latent.py --crops): their own entries, X-rays of the cut CT alone
+    from x2ct.data import CropRange
+
+    cut = CTFolderDataset(root, spacing=spacing, shape=shape, cache_dir=cache,
+                          crops=CropRange(1.0, 60.0, 60.0))
+    assert cut.cache_path(1).name != ds.cache_path(1).name
+    assert float((cut[1]["drr"] - item["drr"]).max()) < 1e-3
+    assert float(cut[1]["drr"].mean()) < 0.9 * float(item["drr"].mean())
 
     with pytest.raises(ValueError, match="inside the data folder"):
         CTFolderDataset(root, cache_dir=root / "cache")
