@@ -95,10 +95,15 @@ class CropRange:
     Spine CT collections are cut this way (VerSe and CTSpine1K crops, reconstruction
     fields of 150-250 mm), and clinical CTs are cut at a 350-500 mm scan field, which
     truncates large patients at the skin. A model trained on whole bodies only meets
-    X-rays without the body's background for the first time at test time; widths from the
-    field's own width to an adult torso's cover both kinds. The default upper width, 360
-    mm, lies inside the adult torso widths the phantom draws (280-380 mm), so some cases
-    are cut at the skin as well."""
+    X-rays without the body's background for the first time at test time; widths from just
+    over the field's width (128 mm for the shipped models) to an adult torso's cover both.
+    The default upper width, 360 mm, lies inside the adult torso widths the phantom draws
+    (280-380 mm), so some cases are cut at the skin as well.
+
+    The field is placed as in the uncut CT. Where a crop is narrower than the placed field
+    (a 128 mm field shifted 20 mm and turned 10 degrees reaches about 94 mm from the spine),
+    the part of the field outside the crop is air in the target as well, as it is in the
+    cut CT; the X-rays show the crop's edge there."""
 
     fraction: float = 0.0
     min_mm: float = 136.0

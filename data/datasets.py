@@ -240,11 +240,9 @@ def _random_case(dataset, ct, mask, spine, rng: np.random.Generator,
     if dataset.acquisitions is not None:
         g = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
         acquisition = dataset.acquisitions.sample(dataset.geometry, g)
-    case = ct_case(ct, dataset.shape, dataset.spacing, dataset.geometry, mask=mask,
+    return ct_case(ct, dataset.shape, dataset.spacing, dataset.geometry, mask=mask,
                    placement=placement, acquisition=acquisition, spine=spine,
                    case_id=case_id, window=dataset.window, materials=dataset.materials)
-    case.info["crop_mm"] = width
-    return case
 
 
 class _CaseCache:
@@ -410,6 +408,10 @@ class PhantomDataset(_Base):
             raise ValueError(f"max_shift_mm must be >= 0 mm, got {max_shift_mm}")
         if int(placements) < 1:
             raise ValueError(f"placements must be >= 1, got {placements}")
+        self.crops = _crops(crops)
+        if self.crops is not None and not whole_body:
+            raise ValueError("crops cut a whole-body phantom around its spine: "
+                             "give whole_body=True or no crops")
         self.max_shift_mm = float(max_shift_mm)
         self.regions = (region,) if isinstance(region, str) else tuple(region)
         for r in self.regions:
@@ -426,7 +428,6 @@ class PhantomDataset(_Base):
         self.placements = int(placements)
         self.options = options
         self.materials = bool(materials)
-        self.crops = _crops(crops)
         seeds = [int(seed) + i for i in range(int(n))]
         keep = _select([phantom_id(s) for s in seeds], split, split_fractions, split_seed)
         self.seeds = [seeds[i] for i in keep]
@@ -685,6 +686,7 @@ class CTFolderDataset(_Base):
             raise ValueError(f"shape and spacing need three entries, got {shape}, {spacing}")
         if int(placements) < 1:
             raise ValueError(f"placements must be >= 1, got {placements}")
+        self.crops = _crops(crops)
         geometry = default_geometry(self.shape, self.spacing) if geometry is None else geometry
         super().__init__(geometry, xray_scale, augment, window, seed)
         cases = find_ct_cases(self.root)
@@ -694,7 +696,6 @@ class CTFolderDataset(_Base):
         self.acquisitions = acquisitions
         self.placements = int(placements)
         self.materials = bool(materials)
-        self.crops = _crops(crops)
         self.seed = int(seed)
         self.ids = [
             c.id + (f"_{k}" if self.placements > 1 else "")

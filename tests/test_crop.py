@@ -107,16 +107,22 @@ def test_training_crops_cut_the_x_rays_and_keep_the_field():
         assert float(b["drr"].mean()) < 0.95 * float(a["drr"].mean())
     with pytest.raises(ValueError, match="CropRange"):
         PhantomDataset(**kw, crops=(0.3, 136.0, 360.0))
+    with pytest.raises(ValueError, match="whole_body"):
+        PhantomDataset(**{**kw, "whole_body": False}, crops=CropRange(0.3))
 
 
 def test_latent_crops_flag_is_checked(capsys):
     """train/latent.py --crops: a fraction outside [0, 1] or widths out of order are refused
-    by name; 0 (the default) cuts nothing, so runs and caches made before it keep theirs."""
+    by name, with or without a fraction; 0 (the default) cuts nothing, so runs and caches
+    made before the flag keep theirs."""
     from x2ct.train.latent import crop_range, parse_args
 
-    for bad in (["1.5", "136", "360"], ["0.3", "360", "136"]):
+    for bad in (["1.5", "136", "360"], ["-0.1", "136", "360"], ["nan", "136", "360"],
+                ["0.3", "360", "136"], ["0", "360", "136"]):
         with pytest.raises(SystemExit):
             parse_args(["--crops", *bad])
         assert "CropRange" in capsys.readouterr().err
     assert crop_range(parse_args([])) is None
+    # no crops, whatever the widths, is the default's run (resumable as it)
+    assert parse_args(["--crops", "0", "100", "200"]).crops == parse_args([]).crops
     assert crop_range(parse_args(["--crops", "0.3", "136", "360"])).fraction == 0.3

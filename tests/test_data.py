@@ -382,6 +382,9 @@ def test_ct_folder_dataset_caches_outside_the_data(tmp_path, monkeypatch):
     cut = CTFolderDataset(root, spacing=spacing, shape=shape, cache_dir=cache,
                           crops=CropRange(1.0, 60.0, 60.0))
     assert cut.cache_path(1).name != ds.cache_path(1).name
+    no_cut = CTFolderDataset(root, spacing=spacing, shape=shape, cache_dir=cache,
+                             crops=CropRange(0.0))  # cuts nothing: the entries made without
+    assert no_cut.cache_path(1).name == ds.cache_path(1).name
     assert float((cut[1]["drr"] - item["drr"]).max()) < 1e-3
     assert float(cut[1]["drr"].mean()) < 0.9 * float(item["drr"].mean())
 

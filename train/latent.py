@@ -121,7 +121,8 @@ RESUMABLE = {
 }
 # Flags added after runs were started: a run folder whose args.json lacks one ran with
 # this value, so resuming it with today's default is the same run.
-ADDED_FLAGS = {"objective": "diffusion", "detector": None, "crops": [0.0, 136.0, 360.0]}
+CROPS_OFF = [CropRange().fraction, CropRange().min_mm, CropRange().max_mm]  # --crops' default
+ADDED_FLAGS = {"objective": "diffusion", "detector": None, "crops": CROPS_OFF}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -224,7 +225,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--crops",
         type=float,
         nargs=3,
-        default=(0.0, 136.0, 360.0),
+        default=tuple(CROPS_OFF),
         metavar=("FRACTION", "MIN_MM", "MAX_MM"),
         help="cut FRACTION of the training CTs to a square of MIN_MM to MAX_MM (log-uniform) "
         "around the spine before their X-rays are rendered, as spine CT crops and small "
@@ -303,10 +304,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("nothing to train on: --n-train 0 and no --data")
     try:
         placement_range(args)
-        crop_range(args)
+        crops = CropRange(*args.crops)
         acquisition_range(args)
     except ValueError as e:
         p.error(str(e))
+    if crops.fraction == 0:  # no crops, whatever the widths: the run of the default
+        args.crops = tuple(CROPS_OFF)
     if not 0.0 <= args.xray_style <= 1.0:
         p.error(f"--xray-style must be a fraction in [0, 1], got {args.xray_style}")
     if args.xray_style > 0 and args.xray_input != "rank":
@@ -353,7 +356,9 @@ def placement_range(args) -> PlacementRange:
 
 
 def crop_range(args) -> CropRange | None:
-    return CropRange(*args.crops) if args.crops[0] > 0 else None
+    """--crops as a CropRange, None when it cuts nothing."""
+    crops = CropRange(*args.crops)
+    return crops if crops.fraction > 0 else None
 
 
 def acquisition_range(args) -> AcquisitionRange:
@@ -525,6 +530,7 @@ def main(argv=None) -> Path:
         shape=tuple(args.shape), spacing=ae_config.spacing, geometry=geometry,
         window=ae_config.hu_window, xray_scale=DRR_SCALE, cache_size=0,
     )  # centred fields, nominal views: the headline condition
+    crops = crop_range(args)
     cache_key = hashlib.sha256(
         json.dumps(
             {
@@ -539,7 +545,7 @@ def main(argv=None) -> Path:
                              args.angle_jitter, list(args.shape), args.xray_style > 0]
                 # (a detector given, crops: caches made before the flags keep their key)
                 + ([list(args.detector)] if args.detector is not None else [])
-                + ([crop_range(args).to_dict()] if crop_range(args) is not None else []),
+                + ([crops.to_dict()] if crops is not None else []),
                 "cases": case_code_version(),
                 "cache_format": 3,  # 3: whole-body cases with views
             },
