@@ -104,7 +104,7 @@ def test_closing_comparison_scores_the_shipped_model_on_the_same_cases():
     val = [data[0]]
 
     def validate(r):
-        out = r(torch.stack([v["xrays"] for v in val]), sampler="ddim", steps=2,
+        out = r(torch.stack([v["xrays"] for v in val]), sampler="ddim", steps=2, num_samples=2,
                 generator=torch.Generator().manual_seed(0), projection_guidance=False)
         truth = [r.autoencoder.output_to_hu(v["ct"]) for v in val]
         return score_cases(out.hu, truth, [v["xrays"] for v in val], r.geometry, r.spacing,
