@@ -249,7 +249,8 @@ def ct_case(
         keep_body: keep the whole body volume in ``Case.body``.
         crop_mm: cut the CT to this width around the spine found in it, as a spine CT crop
             is cut (:func:`crop_around_spine`), before the field is placed: the field lies
-            where it would in the whole CT, the X-rays see the crop alone.
+            where it would in the whole CT (a ``placement`` is in the uncut CT's frame), the
+            X-rays see the crop alone.
     """
     if locate_by not in ("mask", "image"):
         raise ValueError(f"locate_by must be 'mask' or 'image', got {locate_by!r}")
@@ -268,14 +269,18 @@ def ct_case(
     shape = tuple(int(n) for n in shape)
     spacing = tuple(float(s) for s in spacing)
     native = np.asarray(ct.spacing, dtype=np.float64)
-    hu = antialias(ct.hu, native, spacing)  # smoothed once; both products sample it
+    hu = None  # the CT smoothed once; the target, the X-rays and the locator sample it
     if spine is None:
+        hu = antialias(ct.hu, native, spacing)
         spine = locate(hu, native, mask if locate_by == "mask" else None, z_mm)
     if crop_mm is not None:
-        if placement is not None:
-            raise ValueError("crop_mm places the field at the spine found before the crop: "
-                             "move it with shift_mm/turn_deg/tilt_deg, not a placement")
-        ct, mask, spine = crop_around_spine(ct, crop_mm, spine, mask)
+        ct, mask, inside = crop_around_spine(ct, crop_mm, spine, mask)
+        if placement is not None:  # given in the uncut CT's frame: into the crop's
+            moved = np.subtract(spine.centre, inside.centre)
+            placement = Placement(tuple(np.subtract(placement.centre, moved)),
+                                  placement.rotation)
+        spine, hu = inside, None  # the crop smoothed at its own edges, as a user's file is
+    if hu is None:
         hu = antialias(ct.hu, native, spacing)
     if placement is None:
         placement = Placement(spine.centre).moved(shift_mm, turn_deg, *tilt_deg)

@@ -228,11 +228,9 @@ def _random_case(dataset, ct, mask, spine, rng: np.random.Generator,
     ``acquisitions`` and ``crops`` ranges: the CT cut around its spine when ``crops`` draws
     a width (``crop_rng``), the field placed at random around the spine and the views drawn
     (``rng``, the same draws whether or not the CT is cut)."""
-    from x2ct.data.cases import crop_around_spine, ct_case
+    from x2ct.data.cases import ct_case
 
     width = None if dataset.crops is None else dataset.crops.draw(crop_rng)
-    if width is not None:
-        ct, mask, spine = crop_around_spine(ct, width, spine, mask)
     placement = None
     if dataset.placement is not None:
         placement = dataset.placement.draw(spine.centre, rng)
@@ -242,7 +240,8 @@ def _random_case(dataset, ct, mask, spine, rng: np.random.Generator,
         acquisition = dataset.acquisitions.sample(dataset.geometry, g)
     return ct_case(ct, dataset.shape, dataset.spacing, dataset.geometry, mask=mask,
                    placement=placement, acquisition=acquisition, spine=spine,
-                   case_id=case_id, window=dataset.window, materials=dataset.materials)
+                   case_id=case_id, window=dataset.window, materials=dataset.materials,
+                   crop_mm=width)
 
 
 class _CaseCache:

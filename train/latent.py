@@ -40,6 +40,7 @@ checkpoints/step_*/, logs/ (TensorBoard), figures/val_step_*.png, model/, metric
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -121,7 +122,7 @@ RESUMABLE = {
 }
 # Flags added after runs were started: a run folder whose args.json lacks one ran with
 # this value, so resuming it with today's default is the same run.
-CROPS_OFF = [CropRange().fraction, CropRange().min_mm, CropRange().max_mm]  # --crops' default
+CROPS_OFF = list(dataclasses.astuple(CropRange()))  # --crops' default: no crops
 ADDED_FLAGS = {"objective": "diffusion", "detector": None, "crops": CROPS_OFF}
 
 
