@@ -224,6 +224,31 @@ def test_grad_accum_and_mixed_precision_change_the_step_as_documented(
     assert 1e-5 < bf16 < 5e-2, bf16
 
 
+def test_bf16_on_a_cpu_turns_onednn_off_for_training_only(tmp_path, monkeypatch,
+                                                         fresh_accelerator_state):
+    """build_accelerator turns oneDNN off for bf16 on a CPU (its bf16 weight gradients can
+    be NaN); sampling (validation, the closing comparison: no backward) turns it on for its
+    duration, as it is 4-8 times faster; a run that did not turn it off leaves the user's
+    setting alone."""
+    from x2ct.train import run as run_module
+
+    monkeypatch.setattr(run_module, "_ONEDNN_TURNED_OFF", False)
+    torch.backends.mkldnn.enabled = False  # the user's own choice: kept
+    with run_module.onednn_for_sampling():
+        assert not torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = True
+    run = run_module.RunDir(tmp_path / "run")
+    accelerator = run_module.build_accelerator(run, seed=0, mixed_precision="bf16",
+                                               log_with=None)
+    try:
+        assert accelerator.mixed_precision == "bf16" and not torch.backends.mkldnn.enabled
+        with run_module.onednn_for_sampling():
+            assert torch.backends.mkldnn.enabled
+        assert not torch.backends.mkldnn.enabled  # training goes on without it
+    finally:
+        run_module.unlock_run_dir(run)
+
+
 def test_regions_and_placement_reach_the_training_cases(tmp_path, autoencoder_dir):
     """--regions lumbar thoracic draws seed s in region s % 2; with --placement 0 0 0 and
     one fixed acquisition the cached X-rays are exactly the centred whole-body cases of

@@ -100,7 +100,7 @@ from x2ct.train.loop import (
     write_checksums,
 )
 from x2ct.train.progress import BudgetBar, budget_line
-from x2ct.train.run import Deadline, RunDir, StepCounter, save_args
+from x2ct.train.run import Deadline, RunDir, StepCounter, onednn_for_sampling, save_args
 from x2ct.train.sampling import batch_indices, make_generator
 from x2ct.train.summary import closing_comparison, mean_training_ct
 
@@ -455,9 +455,10 @@ def validate(recon: Reconstructor, val: list[dict], steps: int, seed: int):
     window = recon.autoencoder.config.hu_window
     xrays = torch.stack([v["xrays"] for v in val])
     views = torch.stack([v["views"] for v in val]) if "views" in val[0] else None
-    out = recon(xrays, sampler="ddim", steps=steps, num_samples=1,
-                generator=torch.Generator().manual_seed(seed), views=views,
-                projection_guidance=False)
+    with onednn_for_sampling():  # no backward here: oneDNN's bf16 fault cannot arise
+        out = recon(xrays, sampler="ddim", steps=steps, num_samples=1,
+                    generator=torch.Generator().manual_seed(seed), views=views,
+                    projection_guidance=False)
     truth = [unit_to_hu(v["ct"], window) for v in val]
     references = [v.get("drr_field", v["drr"]) / recon.config.xray_scale for v in val]
     scores = score_cases(out.hu.cpu(), truth, references, recon.geometry, recon.spacing,
