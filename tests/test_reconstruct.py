@@ -195,3 +195,29 @@ def test_from_a_dicom_ct_folder_as_from_its_nifti(tmp_path, model_dir):
     with pytest.raises(InputError, match="no such CT file or DICOM folder"):
         main([*common, "--ct", str(tmp_path / "gone"), "--out", str(tmp_path / "c")])
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("kind", ["spine", "soft tissue", "bone ball", "spine without bone"])
+def test_spine_check_warns_when_the_reconstruction_shows_no_column(kind):
+    """reconstruct.py's closing check (x2ct.data.locate_spine on the reconstruction): silent
+    on a field holding a spine phantom's column; a warning naming the reason otherwise (no
+    bone, bone without a vertebral canal, the column's bone made soft tissue)."""
+    from x2ct.eval.reconstruct import spine_check
+
+    shape, spacing = (64, 64, 64), (2.0, 2.0, 2.0)
+    hu = spine_phantom(shape, spacing, seed=0).hu
+    x, y, z = np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing)],
+                          indexing="ij")
+    volume = {
+        "spine": hu,
+        "soft tissue": np.full(shape, 40.0, np.float32),
+        "bone ball": np.where(x**2 + y**2 + z**2 < 30.0**2, 1000.0, 40.0).astype(np.float32),
+        "spine without bone": np.where(hu > 150, 40.0, hu).astype(np.float32),
+    }[kind]
+    note = spine_check(volume, spacing)
+    if kind == "spine":
+        assert note is None, note
+    else:
+        assert note is not None and "no clear vertebral column" in note, note
+        assert ("no bone" in note) == (kind != "bone ball"), note
+        assert ("canal" in note) == (kind == "bone ball"), note
