@@ -224,6 +224,34 @@ def test_grad_accum_and_mixed_precision_change_the_step_as_documented(
     assert 1e-5 < bf16 < 5e-2, bf16
 
 
+def test_init_from_starts_from_the_model_and_keeps_its_sampler_defaults(tmp_path,
+                                                                         autoencoder_dir):
+    """--init-from MODEL (fine-tuning): the run starts from MODEL's weights (one step at
+    learning rate 0 leaves them as they were) and its saved model samples as MODEL did (the
+    shipped ldm-tiny: 16 samples of DDIM 5, not the recipe's one sample of DDIM 50), but
+    where --set says otherwise."""
+    from safetensors.torch import load_file
+
+    one_step = ["--max-steps", "1", "--n-val", "0"]
+    main(train_args(tmp_path / "parent", autoencoder_dir, *one_step))
+    parent = tmp_path / "parent" / "model"
+    config = json.loads((parent / "config.json").read_text())
+    assert (config["num_samples"], config["sampler_steps"]) == (1, 50)  # the recipe's
+    config.update(num_samples=3, sampler_steps=7, guidance_scale=1.5)
+    (parent / "config.json").write_text(json.dumps(config))
+    # the first extra value joins train_args' trailing --set list
+    main(train_args(tmp_path / "tuned", autoencoder_dir, "guidance_scale=1.0", *one_step,
+                    "--lr", "0", "--warmup", "0", "--init-from", str(parent)))
+    tuned = json.loads((tmp_path / "tuned" / "model" / "config.json").read_text())
+    assert (tuned["num_samples"], tuned["sampler_steps"]) == (3, 7)
+    assert tuned["guidance_scale"] == 1.0  # --set wins
+    before, after = (load_file(str(d / "model.safetensors"))
+                     for d in (parent, tmp_path / "tuned" / "model"))
+    assert sorted(before) == sorted(after)
+    for k, v in before.items():
+        torch.testing.assert_close(after[k], v, msg=k)
+
+
 def test_bf16_on_a_cpu_turns_onednn_off_for_training_only(tmp_path, monkeypatch,
                                                          fresh_accelerator_state):
     """build_accelerator turns oneDNN off for bf16 on a CPU (its bf16 weight gradients can

@@ -178,7 +178,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="MODEL",
         help="start from this trained model's weights (a folder with config.json and "
         "model.safetensors, e.g. models/ldm-tiny) instead of random ones: fine-tuning. Its "
-        "architecture must match --config/--set; a resumed run ignores it",
+        "architecture must match --config/--set; its sampler defaults (samples, steps) are "
+        "kept unless --set gives them; a resumed run ignores its weights",
     )
     p.add_argument("--n-train", type=int, default=16, help="training phantoms")
     p.add_argument("--n-val", type=int, default=4, help="validation phantoms")
@@ -466,6 +467,27 @@ def validate(recon: Reconstructor, val: list[dict], steps: int, seed: int):
     return scores, (xrays[0], out.hu[0], truth[0])
 
 
+SAMPLER_DEFAULTS = ("sampler", "sampler_steps", "guidance_scale", "num_samples",
+                    "projection_guidance")
+"""LatentDiffusionConfig fields that say how the model samples by default, not how it is
+built or trained: a model fine-tuned with ``--init-from`` keeps its parent's."""
+
+
+def sampler_defaults_of(directory: str) -> dict:
+    """The sampler defaults (:data:`SAMPLER_DEFAULTS`) in a trained model's config.json
+    (``--init-from``): a fine-tuned model is used as its parent was (the shipped ldm-tiny:
+    the mean of 16 samples of DDIM 5), not with the training recipe's defaults (one sample
+    of DDIM 50), unless ``--set`` gives them."""
+    from x2ct.diffusion.pipeline import check_pipeline_dir
+
+    try:
+        folder = check_pipeline_dir(directory)
+        config = json.loads((folder / "config.json").read_text())
+    except (FileNotFoundError, ValueError) as e:
+        raise InputError(f"--init-from: {e}") from e
+    return {k: config[k] for k in SAMPLER_DEFAULTS if k in config}
+
+
 def init_from(model: LatentDenoiser, directory: str) -> None:
     """Load a trained model's denoiser weights (``--init-from``); its networks must have
     the same shapes as ``model``'s (a checkpoint of this run, when there is one, is loaded
@@ -578,6 +600,7 @@ def main(argv=None) -> Path:
         return run.root
 
     # ---- model, EMA, loss, optimiser
+    inherited = {} if args.init_from is None else sampler_defaults_of(args.init_from)
     config = get_config(
         args.config,
         latent_channels=ae_config.latent_channels,
@@ -587,7 +610,7 @@ def main(argv=None) -> Path:
         geometry=geometry.to_dict(),
         xray_scale=DRR_SCALE,
         acquisition_range=acquisition_range(args).to_dict(),
-        **config_overrides(args),
+        **{**inherited, **config_overrides(args)},  # an explicit --set wins
     )
     model = LatentDenoiser(config)
     if args.init_from is not None:
