@@ -233,6 +233,10 @@ def test_init_from_starts_from_the_model_and_keeps_its_sampler_defaults(tmp_path
     from safetensors.torch import load_file
 
     one_step = ["--max-steps", "1", "--n-val", "0"]
+    with pytest.raises(InputError, match="--init-from"):  # before any case is made
+        main(train_args(tmp_path / "bad", autoencoder_dir, *one_step, "--init-from",
+                        str(tmp_path / "no-model")))
+    assert not (tmp_path / "bad" / "latent_cache.safetensors").exists()
     main(train_args(tmp_path / "parent", autoencoder_dir, *one_step))
     parent = tmp_path / "parent" / "model"
     config = json.loads((parent / "config.json").read_text())

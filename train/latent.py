@@ -530,6 +530,8 @@ def main(argv=None) -> Path:
     record = args_record(args, argv)
     check_resume_args(run, record)
     check_autoencoder(args.autoencoder)
+    # --init-from is read before the cases are made (minutes to hours), not after
+    inherited = {} if args.init_from is None else sampler_defaults_of(args.init_from)
     accelerator = run_accelerator(run, args, "latent")
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     if accelerator.is_local_main_process:  # say which attention and projector backends ran
@@ -600,7 +602,6 @@ def main(argv=None) -> Path:
         return run.root
 
     # ---- model, EMA, loss, optimiser
-    inherited = {} if args.init_from is None else sampler_defaults_of(args.init_from)
     config = get_config(
         args.config,
         latent_channels=ae_config.latent_channels,
