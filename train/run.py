@@ -119,9 +119,9 @@ def build_accelerator(
         global _ONEDNN_TURNED_OFF
         torch.backends.mkldnn.enabled = False
         _ONEDNN_TURNED_OFF = True
-        accelerator.print("bf16 on a CPU: oneDNN convolutions turned off for this process "
-                          "(their bf16 weight gradients can be NaN); slower, but every update "
-                          "counts")
+        accelerator.print("bf16 on a CPU: oneDNN convolutions turned off for training "
+                          "(their bf16 weight gradients can be NaN; validation sampling keeps "
+                          "them); slower, but every update counts")
     problem = ""
     if accelerator.is_main_process:
         try:
