@@ -68,6 +68,7 @@ from x2ct.diffusion import (
     LATENT_DIFFUSION_CONFIGS,
     DiffusionLoss,
     LatentDenoiser,
+    LatentDiffusionConfig,
     ProjectionLoss,
     Reconstructor,
     RegressionLoss,
@@ -478,14 +479,13 @@ def sampler_defaults_of(directory: str) -> dict:
     (``--init-from``): a fine-tuned model is used as its parent was (the shipped ldm-tiny:
     the mean of 16 samples of DDIM 5), not with the training recipe's defaults (one sample
     of DDIM 50), unless ``--set`` gives them."""
-    from x2ct.diffusion.pipeline import check_pipeline_dir
+    from x2ct.diffusion.pipeline import CONFIG_NAME, check_pipeline_dir
 
     try:
-        folder = check_pipeline_dir(directory)
-        config = json.loads((folder / "config.json").read_text())
+        config = LatentDiffusionConfig.from_file(check_pipeline_dir(directory) / CONFIG_NAME)
     except (FileNotFoundError, ValueError) as e:
         raise InputError(f"--init-from: {e}") from e
-    return {k: config[k] for k in SAMPLER_DEFAULTS if k in config}
+    return {k: getattr(config, k) for k in SAMPLER_DEFAULTS}
 
 
 def init_from(model: LatentDenoiser, directory: str) -> None:
